@@ -2,6 +2,8 @@ package cli
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -83,10 +85,36 @@ func TestServiceTemplates(t *testing.T) {
 			t.Errorf("SysV script lacks %q", want)
 		}
 	}
-	for _, want := range []string{"KillMode=mixed", "ExecReload=/bin/kill -HUP $MAINPID", "Restart=always"} {
+	if !strings.Contains(s, "set -a\n    . /etc/default/$name") {
+		t.Error("SysV script does not export /etc/default/$name")
+	}
+	for _, want := range []string{"KillMode=mixed", "ExecReload=/bin/kill -HUP $MAINPID", "Restart=always", "EnvironmentFile=-/etc/default/{{Name}}"} {
 		if !strings.Contains(systemdScript, want) {
 			t.Errorf("systemd unit lacks %q", want)
 		}
+	}
+	// --exe keeps a release symlink as given, so that flipping it and
+	// restarting runs the new release.
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "shoal-1")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "current")
+	if err := os.Symlink(bin, link); err != nil {
+		t.Fatal(err)
+	}
+	if exe, err := serviceExecutable(link); err != nil || exe != link {
+		t.Errorf("serviceExecutable(%s) = %q, %v", link, exe, err)
+	}
+	if _, err := serviceExecutable(dir); err == nil {
+		t.Error("serviceExecutable accepts a directory")
+	}
+	if _, err := serviceExecutable(filepath.Join(dir, "nope")); err == nil || !strings.Contains(err.Error(), "--exe") {
+		t.Errorf("serviceExecutable of a missing file: %v", err)
+	}
+	if exe, err := serviceExecutable(""); err != nil || !filepath.IsAbs(exe) {
+		t.Errorf("serviceExecutable default = %q, %v", exe, err)
 	}
 	if code := runService([]string{"frobnicate"}); code != exitUsage {
 		t.Errorf("service frobnicate: exit %d", code)

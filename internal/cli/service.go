@@ -17,7 +17,7 @@ func init() {
 	register("service", "install the supervisor as a system service: service install|uninstall|start|stop|restart|status", runService)
 }
 
-const serviceUsage = `usage: shoal service ACTION [-c shoal.yaml] [--name shoal] [--user USER] [--run-dir DIR]
+const serviceUsage = `usage: shoal service ACTION [-c shoal.yaml] [--name shoal] [--user USER] [--run-dir DIR] [--exe PATH]
 
 actions: install, uninstall, start, stop, restart, status
 
@@ -26,6 +26,14 @@ host's service manager (systemd, else a SysV init script), to start at
 boot; it does not start it. uninstall stops it first and removes
 everything install wrote. The service's own stdout and stderr go to
 <log_dir>/<name>.log and <name>.err.
+
+--exe names the executable the service runs, as given: pass a symlink such
+as /opt/shoal/current/shoal and a new release is a flip of the link and a
+restart. Without it, the service runs this binary, symlinks resolved.
+
+The service reads environment variables (SHOAL_REDIS_PASSWORD and the other
+overrides of docs/configuration) from /etc/default/<name> when it exists,
+one NAME=value per line: secrets stay out of shoal.yaml.
 `
 
 // svcProgram is the kardianos Interface. The service runs `shoal
@@ -49,6 +57,7 @@ func runService(args []string) int {
 	name := fs.String("name", "shoal", "service name")
 	user := fs.String("user", "", "run the supervisor as this user (systemd only; default root)")
 	runDir := fs.String("run-dir", "", "run directory, passed on to shoal supervisor --run-dir")
+	exePath := fs.String("exe", "", "executable the service runs, kept as given (default: this binary, symlinks resolved)")
 	if fs.Parse(args[1:]) != nil {
 		return exitUsage
 	}
@@ -62,7 +71,7 @@ func runService(args []string) int {
 		fmt.Fprintf(os.Stderr, "shoal service: unknown action %q\n\n%s", action, serviceUsage)
 		return exitUsage
 	}
-	s, sc, code := newService(*path, *name, *user, *runDir, action == "install")
+	s, sc, code := newService(*path, *name, *user, *runDir, *exePath, action == "install")
 	if s == nil {
 		return code
 	}
@@ -121,7 +130,7 @@ func serviceFail(action, name string, err error) int {
 
 // newService builds the kardianos service for the config at path.
 // Install needs a valid config; the other actions only its location.
-func newService(path, name, user, runDir string, install bool) (service.Service, *service.Config, int) {
+func newService(path, name, user, runDir, exePath string, install bool) (service.Service, *service.Config, int) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -139,12 +148,9 @@ func newService(path, name, user, runDir string, install bool) (service.Service,
 			logDir = filepath.Join(absOr(runDir), "log")
 		}
 	}
-	exe, err := os.Executable()
-	if err == nil {
-		exe, err = filepath.EvalSymlinks(exe)
-	}
+	exe, err := serviceExecutable(exePath)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "shoal service: cannot find the shoal executable: %v\n", err)
+		fmt.Fprintf(os.Stderr, "shoal service: %v\n", err)
 		return nil, nil, exitFailure
 	}
 	argv := []string{"supervisor", "-c", abs}
@@ -173,6 +179,30 @@ func newService(path, name, user, runDir string, install bool) (service.Service,
 		return nil, nil, exitFailure
 	}
 	return s, sc, exitOK
+}
+
+// serviceExecutable is the absolute path the service runs: exePath kept as
+// given (a release symlink must stay a symlink), or this binary.
+func serviceExecutable(exePath string) (string, error) {
+	if exePath == "" {
+		exe, err := os.Executable()
+		if err == nil {
+			exe, err = filepath.EvalSymlinks(exe)
+		}
+		if err != nil {
+			return "", fmt.Errorf("cannot find the shoal executable: %w", err)
+		}
+		return exe, nil
+	}
+	abs := absOr(exePath)
+	fi, err := os.Stat(abs)
+	if err != nil {
+		return "", fmt.Errorf("--exe: %w", err)
+	}
+	if fi.IsDir() || fi.Mode().Perm()&0o111 == 0 {
+		return "", fmt.Errorf("--exe %s: not an executable file", abs)
+	}
+	return abs, nil
 }
 
 func absOr(p string) string {
@@ -249,7 +279,11 @@ stdout_log="$log_dir/$name.log"
 stderr_log="$log_dir/$name.err"
 stop_wait=120
 
-[ -r /etc/default/$name ] && . /etc/default/$name
+if [ -r /etc/default/$name ]; then
+    set -a
+    . /etc/default/$name
+    set +a
+fi
 {{range EnvVars}}{{.}}
 {{end}}
 is_running() {
@@ -335,6 +369,7 @@ Wants=network-online.target
 [Service]
 ExecStart={{Path | cmdEscape}}{{range Arguments}} {{. | cmd}}{{end}}
 ExecReload=/bin/kill -HUP $MAINPID
+EnvironmentFile=-/etc/default/{{Name}}
 {{if WorkingDirectory}}WorkingDirectory={{WorkingDirectory | cmdEscape}}
 {{end}}{{if UserName}}User={{UserName}}
 {{end}}KillMode=mixed
