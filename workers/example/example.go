@@ -15,7 +15,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"sort"
+	"strconv"
 
 	"github.com/shoal-dev/shoal/wire"
 	"github.com/shoal-dev/shoal/workers"
@@ -50,12 +52,20 @@ type echoReply struct {
 	Query  string            `json:"query"`
 	Params map[string]string `json:"params,omitempty"`
 	Body   string            `json:"body"`
+	Worker string            `json:"worker"` // host/pid of the process that answered
 }
+
+// workerID names this process in echo replies: which host and process
+// served a request, as a deployment test or an operator wants to see.
+var workerID = func() string {
+	host, _ := os.Hostname()
+	return host + "/" + strconv.Itoa(os.Getpid())
+}()
 
 // Echo registers the echo service.
 func Echo(mux *workers.ServeMux) {
 	mux.HandleFunc("echo", func(ctx context.Context, req *workers.Request) (workers.Response, error) {
-		r := echoReply{Method: req.Verb, Path: req.Path, Query: req.Query, Body: string(req.Body)}
+		r := echoReply{Method: req.Verb, Path: req.Path, Query: req.Query, Body: string(req.Body), Worker: workerID}
 		if len(req.Params) > 0 {
 			r.Params = make(map[string]string, len(req.Params))
 			for _, p := range req.Params {
