@@ -58,7 +58,8 @@ var ErrDown = errors.New("link: not connected to broker")
 type Link struct {
 	o    Options
 	log  *slog.Logger
-	sock atomic.Pointer[sockBox] // nil while down
+	conn atomic.Pointer[sockBox] // the connection, for SendNow; set before OnUp
+	sock atomic.Pointer[sockBox] // the same once OnUp has run, for Send; nil while down
 	wake chan struct{}
 
 	mu      sync.Mutex // guards queue; never held across I/O
@@ -102,8 +103,9 @@ func Start(o Options) *Link {
 // Endpoint is the broker endpoint this link dials.
 func (l *Link) Endpoint() string { return l.o.Endpoint }
 
-// Up reports whether the link has a live connection.
-func (l *Link) Up() bool { return l.sock.Load() != nil }
+// Up reports whether the link has a live connection (from OnUp on; Send
+// opens only once OnUp has returned).
+func (l *Link) Up() bool { return l.conn.Load() != nil }
 
 // Connects counts successful (re)connects, for tests and metrics.
 func (l *Link) Connects() int64 { return l.ups.Load() }
@@ -131,9 +133,10 @@ func (l *Link) Send(env []byte) bool {
 	return true
 }
 
-// SendNow sends a whole message at once, outside the batch queue.
+// SendNow sends a whole message at once, outside the batch queue. It works
+// from OnUp on, before Send opens.
 func (l *Link) SendNow(frames [][]byte) error {
-	b := l.sock.Load()
+	b := l.conn.Load()
 	if b == nil {
 		return ErrDown
 	}
@@ -156,7 +159,7 @@ func (l *Link) Close() {
 	l.stopped = true
 	l.mu.Unlock()
 	l.cancel()
-	if b := l.sock.Load(); b != nil {
+	if b := l.conn.Load(); b != nil {
 		b.s.Close()
 	}
 	l.done.Wait()
@@ -189,9 +192,10 @@ func (l *Link) run() {
 func (l *Link) serve(s zsock.Socket) {
 	l.lastSeen.Store(time.Now().UnixNano())
 	box := &sockBox{s: s}
-	// OnUp first (READY), then open for Send: nothing may overtake READY.
+	// OnUp first (READY, through SendNow), then open for Send: no batched
+	// envelope may overtake READY.
+	l.conn.Store(box)
 	if l.o.OnUp != nil {
-		l.sock.Store(box)
 		l.o.OnUp(l)
 	}
 	l.sock.Store(box)
@@ -221,6 +225,7 @@ func (l *Link) serve(s zsock.Socket) {
 	}
 	close(hbDone)
 	l.sock.Store(nil)
+	l.conn.Store(nil)
 	s.Close()
 	l.mu.Lock()
 	clear(l.queue)
