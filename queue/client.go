@@ -10,8 +10,8 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/redis/go-redis/v9"
+	"github.com/shoal-dev/shoal/internal/reqctx"
 	"github.com/shoal-dev/shoal/wire"
-	"github.com/shoal-dev/shoal/workers"
 )
 
 // Defaults of ClientOptions.
@@ -123,7 +123,7 @@ func (p *prepared) generalArgs(dst []any, idemTTL int64) []any {
 // traceOfCtx returns the request id and trace a task enqueued with ctx
 // carries: a worker handler's, or a task handler's.
 func traceOfCtx(ctx context.Context) (string, []wire.Hop) {
-	if rid, trace, ok := workers.TraceFrom(ctx); ok {
+	if rid, trace, ok := reqctx.Trace(ctx); ok {
 		return rid, trace
 	}
 	if rid, trace, ok := TraceFrom(ctx); ok {

@@ -21,7 +21,7 @@
 //
 // Inside a worker handler, pass the handler's ctx: the enqueue is bounded
 // by the request's deadline, and the task carries the request id and the
-// trace (workers.TraceFrom), which the consumer's handler sees. A batch is
+// trace (workers.TraceFrom, read through internal/reqctx), which the consumer's handler sees. A batch is
 // one round trip:
 //
 //	results, err := client.EnqueueBatch(ctx, tasks) // one Result (Info or Err) per task

@@ -7,16 +7,28 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal/broker"
+	"github.com/shoal-dev/shoal/internal/reqctx"
 	"github.com/shoal-dev/shoal/wire"
 )
 
-type callKey struct{}
-
-// callInfo is what a handler's context knows about the request it serves.
+// callInfo is what a handler's context knows about the request it serves
+// (reqctx.Request).
 type callInfo struct {
 	s     *Server
 	req   *wire.Request
 	start time.Time
+}
+
+// callFrom returns the callInfo of a handler's ctx, or nil.
+func callFrom(ctx context.Context) *callInfo {
+	ci, _ := reqctx.From(ctx).(*callInfo)
+	return ci
+}
+
+// Trace is the request's hops plus one for this service so far.
+func (ci *callInfo) Trace() (string, []wire.Hop) {
+	n := len(ci.req.Trace)
+	return ci.req.RID, append(ci.req.Trace[:n:n], ci.s.hop(ci.req.Service, ci.start))
 }
 
 // CallError is returned by Call when the other service answered with an
@@ -42,7 +54,7 @@ var ErrNoCaller = errors.New("workers: Call needs a handler context of a server 
 // retried with backoff while the deadline allows. A reply with an error
 // code comes back as a *CallError.
 func Call(ctx context.Context, service, method string, body []byte) (*wire.Reply, error) {
-	ci, _ := ctx.Value(callKey{}).(*callInfo)
+	ci := callFrom(ctx)
 	if ci == nil || ci.s.caller == nil {
 		return nil, ErrNoCaller
 	}
@@ -79,10 +91,5 @@ func Call(ctx context.Context, service, method string, body []byte) (*wire.Reply
 // request's hops plus a hop for this service so far. ok is false outside a
 // handler.
 func TraceFrom(ctx context.Context) (rid string, trace []wire.Hop, ok bool) {
-	ci, _ := ctx.Value(callKey{}).(*callInfo)
-	if ci == nil {
-		return "", nil, false
-	}
-	n := len(ci.req.Trace)
-	return ci.req.RID, append(ci.req.Trace[:n:n], ci.s.hop(ci.req.Service, ci.start)), true
+	return reqctx.Trace(ctx)
 }

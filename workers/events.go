@@ -11,6 +11,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/shoal-dev/shoal/broker"
+	"github.com/shoal-dev/shoal/internal/reqctx"
 	"github.com/shoal-dev/shoal/wire"
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -156,7 +157,7 @@ func (s *Server) subscriber() (*broker.Subscriber, error) {
 // msgpack. A nil error means the event left for a broker, not that anyone
 // got it (at-most-once delivery).
 func Publish(ctx context.Context, topic string, value any) error {
-	ci, _ := ctx.Value(callKey{}).(*callInfo)
+	ci := callFrom(ctx)
 	if ci == nil {
 		return ErrNoPublisher
 	}
@@ -246,7 +247,7 @@ func (s *Server) handleEvent(sb *subscription, wev *wire.Event) {
 	start := time.Now()
 	ev := &Event{ID: wev.ID, Topic: wev.Topic, Body: wev.Body, Time: time.UnixMicro(wev.Time), RID: wev.RID, Trace: wev.Trace}
 	req := &wire.Request{RID: wev.RID, Service: s.o.Name, Trace: wev.Trace}
-	ctx := context.WithValue(s.ev.ctx, callKey{}, &callInfo{s: s, req: req, start: start})
+	ctx := reqctx.With(s.ev.ctx, &callInfo{s: s, req: req, start: start})
 	err := func() (err error) {
 		defer func() {
 			if p := recover(); p != nil {

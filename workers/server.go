@@ -13,6 +13,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/shoal-dev/shoal/broker"
 	"github.com/shoal-dev/shoal/internal/link"
+	"github.com/shoal-dev/shoal/internal/reqctx"
 	"github.com/shoal-dev/shoal/internal/zsock"
 	"github.com/shoal-dev/shoal/wire"
 )
@@ -264,7 +265,7 @@ func (s *Server) serveOne(j job) {
 	} else {
 		ctx, cancel = context.WithCancel(ctx)
 	}
-	ctx = context.WithValue(ctx, callKey{}, &callInfo{s: s, req: &req, start: start})
+	ctx = reqctx.With(ctx, &callInfo{s: s, req: &req, start: start})
 	resp, err := s.call(ctx, &req)
 	cancel()
 	rep := toReply(req.ID, resp, err)
