@@ -441,6 +441,39 @@ func TestTwoBrokersEachRequestOnce(t *testing.T) {
 	}
 }
 
+// A broker with no worker for the service (it just started, or its workers
+// have not reconnected yet) does not turn a request away while another
+// broker can serve it: the client asks the next one. Nothing ran at the
+// first, so this holds for POSTs too (MaxAttempts 1).
+func TestClientAsksAnotherBrokerWhenOneHasNoWorker(t *testing.T) {
+	b1, b2 := startBroker(t, nil), startBroker(t, nil)
+	var calls atomic.Int64
+	startWorker(t, []string{b1.workers}, "only-on-b1", 8, func(ctx context.Context, r *workers.Request) (workers.Response, error) {
+		calls.Add(1)
+		return workers.Response{Body: r.Body}, nil
+	})
+	waitWorkers(t, b1, "only-on-b1", 1)
+	c := newClient(t, b1.clients, b2.clients)
+	eventually(t, 5*time.Second, "both client links", func() bool { return c.Ready() })
+	const n = 50
+	for i := range n {
+		if rep := do(t, c, "only-on-b1", fmt.Sprint(i), 5*time.Second, 1); rep.Code != "" {
+			t.Fatalf("request %d: %+v", i, rep)
+		}
+	}
+	if got := calls.Load(); got != n {
+		t.Fatalf("handler ran %d times for %d requests", got, n)
+	}
+	// A service no broker has answers no_service, after asking each once.
+	if rep := do(t, c, "nowhere", "x", 5*time.Second, 1); rep.Code != wire.CodeNoService {
+		t.Errorf("unknown service: %+v", rep)
+	}
+	st1, st2 := b1.stats(t), b2.stats(t)
+	if st2.NoService < n/4 || st1.NoService+st2.NoService > n+2 {
+		t.Errorf("no_service answers: b1 %d, b2 %d; want b2 asked first about half the time, and every service asked once per broker at most", st1.NoService, st2.NoService)
+	}
+}
+
 func TestAdminEndpoint(t *testing.T) {
 	tb := startBroker(t, nil)
 	startWorker(t, []string{tb.workers}, "echo", 4, echo)

@@ -108,15 +108,20 @@ func (c *Client) Close() {
 	}
 }
 
-func (c *Client) pick() *link.Link {
+// pick returns the next live link in turn, other than tried when it can.
+func (c *Client) pick(tried *link.Link) *link.Link {
 	n := uint64(len(c.links))
 	start := c.next.Add(1)
+	var fallback *link.Link
 	for i := range n {
 		if l := c.links[(start+i)%n]; l.Up() {
-			return l
+			if l != tried {
+				return l
+			}
+			fallback = l
 		}
 	}
-	return nil
+	return fallback
 }
 
 // Do sends req and waits for its reply or for ctx to end. It sets req.ID,
@@ -126,7 +131,11 @@ func (c *Client) pick() *link.Link {
 // broker is reachable (ErrUnavailable). A request whose broker connection
 // is lost while it is out is sent again through another broker when it
 // has attempts left (req.MaxAttempts > 1: the route is idempotent) and ctx
-// allows; otherwise it ends with CodeUnavailable. Do does not keep req.
+// allows; otherwise it ends with CodeUnavailable. A broker that answers
+// that it has no worker for the service (no_service, no_worker: nothing
+// ran) is not the last word while another broker is up: a broker that just
+// started, or whose workers are reconnecting, does not turn requests away
+// that the others can serve. Do does not keep req.
 func (c *Client) Do(ctx context.Context, req *wire.Request) (*wire.Reply, error) {
 	if req.Deadline == 0 {
 		if dl, ok := ctx.Deadline(); ok {
@@ -136,8 +145,10 @@ func (c *Client) Do(ctx context.Context, req *wire.Request) (*wire.Reply, error)
 	if req.Attempt == 0 {
 		req.Attempt = 1
 	}
+	var tried *link.Link
+	asked := 0
 	for {
-		b, err := c.once(ctx, req)
+		b, l, err := c.once(ctx, req, tried)
 		if err != nil {
 			return nil, err
 		}
@@ -145,6 +156,13 @@ func (c *Client) Do(ctx context.Context, req *wire.Request) (*wire.Reply, error)
 			rep := new(wire.Reply)
 			if err := rep.UnmarshalMsgpack(b); err != nil {
 				return &wire.Reply{ID: req.ID, Code: wire.CodeBadRequest, Error: err.Error()}, nil
+			}
+			if asked++; (rep.Code == wire.CodeNoService || rep.Code == wire.CodeNoWorker) &&
+				asked < len(c.links) && ctx.Err() == nil {
+				if next := c.pick(l); next != nil && next != l {
+					tried = l
+					continue // another broker may have the workers
+				}
 			}
 			return rep, nil
 		}
@@ -158,10 +176,10 @@ func (c *Client) Do(ctx context.Context, req *wire.Request) (*wire.Reply, error)
 
 // once sends req through one link and waits. It returns the reply frame,
 // or nil when the link was lost with the request on it.
-func (c *Client) once(ctx context.Context, req *wire.Request) ([]byte, error) {
-	l := c.pick()
+func (c *Client) once(ctx context.Context, req *wire.Request, tried *link.Link) ([]byte, *link.Link, error) {
+	l := c.pick(tried)
 	if l == nil {
-		return nil, ErrUnavailable
+		return nil, nil, ErrUnavailable
 	}
 	req.ID = c.ids.Add(1)
 	env := req.AppendMsgpack(make([]byte, 0, 128+len(req.Body)))
@@ -176,7 +194,7 @@ func (c *Client) once(ctx context.Context, req *wire.Request) ([]byte, error) {
 	if !l.Send(env) {
 		if c.take(req.ID) != nil {
 			c.recycle(cl)
-			return nil, ErrUnavailable
+			return nil, l, ErrUnavailable
 		}
 		// linkDown took it first and is delivering nil.
 	}
@@ -186,12 +204,12 @@ func (c *Client) once(ctx context.Context, req *wire.Request) ([]byte, error) {
 	case <-ctx.Done():
 		if c.take(req.ID) != nil {
 			c.recycle(cl)
-			return nil, ctx.Err()
+			return nil, l, ctx.Err()
 		}
 		b = <-cl.ch // a deliverer took it: its send is on the way
 	}
 	c.recycle(cl)
-	return b, nil
+	return b, l, nil
 }
 
 func (c *Client) recycle(cl *call) {
