@@ -58,7 +58,9 @@
 // Reload (SIGHUP, `shoal ctl reload`) reads the config file again. A file
 // with problems is refused whole and nothing changes; otherwise programs
 // added start, programs removed stop, programs whose process would differ
-// (command, env, dir, user, or the supervisor's env) restart, a numprocs
+// (command, env, dir, user, or the supervisor's env; for a program given
+// {config}, the settings it reads there: every section but supervisor and
+// programs) restart, a numprocs
 // change adds or stops instances, and everything else is applied in
 // place: those instances keep running with the same pids.
 package supervisor

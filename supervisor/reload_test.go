@@ -119,3 +119,43 @@ func mapValues(m map[string]Status) []Status {
 	}
 	return out
 }
+
+// A program that reads the config file ({config} in its command) restarts
+// when a reload changes the settings it reads there (a route, the brokers,
+// redis ...); a program that does not, and a change to the supervisor's
+// own section, leave processes be.
+func TestReloadRestartsConfigReaders(t *testing.T) {
+	const progs = `programs:
+  - {name: reader, command: [/bin/sh, -c, 'exec sleep 1000', '{config}'], startsecs: 0s}
+  - {name: other, command: sleep 1000, startsecs: 0s}
+`
+	h := start(t, reloadHead+progs)
+	before := h.waitRunning(5 * time.Second)
+	head := strings.Replace(reloadHead, "@SOCKET@", h.sup.Socket(), 1)
+
+	for _, step := range []struct {
+		name, config string
+		changed      []string
+	}{
+		{"supervisor section only", head + "  log_keep: 2\n" + progs, nil},
+		{"a shared setting", head + "frontend:\n  timeout: 7s\n" + progs, []string{"reader"}},
+		{"the same again", head + "frontend:\n  timeout: 7s\n" + progs, nil},
+	} {
+		h.write(step.config)
+		res, err := h.c.Reload(h.ctx())
+		if err != nil {
+			t.Fatalf("%s: %v", step.name, err)
+		}
+		if !slices.Equal(res.Changed, step.changed) {
+			t.Errorf("%s: changed %v, want %v", step.name, res.Changed, step.changed)
+		}
+		after := h.waitRunning(5 * time.Second)
+		for _, name := range []string{"reader:0", "other:0"} {
+			restarted := after[name].PID != before[name].PID
+			if want := slices.Contains(step.changed, strings.TrimSuffix(name, ":0")); restarted != want {
+				t.Errorf("%s: %s restarted = %v, want %v", step.name, name, restarted, want)
+			}
+		}
+		before = after
+	}
+}

@@ -1,6 +1,9 @@
 package supervisor
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -39,7 +42,37 @@ func (s *Supervisor) keyOf(c *config.Config, p *config.Program) procKey {
 	for _, kv := range sortedEnv(p.Env) {
 		w(kv)
 	}
+	if readsConfig(p) {
+		b.WriteString("| ")
+		w(sharedDigest(c))
+	}
 	return procKey(b.String())
+}
+
+// readsConfig reports whether p's command passes the config file on
+// ({config}): such a program reads its settings from the file itself.
+func readsConfig(p *config.Program) bool {
+	for _, a := range p.Command {
+		if strings.Contains(a, "{config}") {
+			return true
+		}
+	}
+	return false
+}
+
+// sharedDigest stands for the settings a program reads from the config
+// file: every section but supervisor and programs. A reload that changes
+// them (a route, the brokers, redis) restarts every program that reads
+// the file, as it would otherwise run on with the old ones.
+func sharedDigest(c *config.Config) string {
+	shared := *c
+	shared.File, shared.Supervisor, shared.Programs = "", config.Supervisor{}, nil
+	b, err := json.Marshal(&shared)
+	if err != nil {
+		return "unknown: " + err.Error()
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:12])
 }
 
 func sortedEnv(m map[string]string) []string {
