@@ -341,42 +341,35 @@ func (d *deploy) deploy(ctx context.Context, t *testing.T) {
 	}
 }
 
-// idempotence: site.yml again changes nothing: changed=0 on every host and
-// no process restarted.
+// idempotence: a second site.yml on the deployed hosts reports changed=0
+// on every host, and changes nothing: no file, service or process.
 func (d *deploy) idempotence(ctx context.Context, t *testing.T) {
-	names := []string{"h1", "h2", "h3"}
-	inv := d.writeInventory(t, "multi", "multi", multiGroups("h3"))
-	before := d.stateOf(ctx, t, names...)
-	d.mark(ctx, t, names...)
-	p := d.playbook(ctx, t, "idempotence", inv, d.bin1, "site.yml")
-	p.mustSucceed(t, d)
-	p.wantHosts(t, d, names...)
-	for _, n := range names {
-		if c := p.recap[n]["changed"]; c != 0 {
-			t.Errorf("second site.yml: %s changed=%d, want 0; changed tasks:\n%s", n, c, strings.Join(p.changedTasks(), "\n"))
-		}
-	}
-	d.unchanged(ctx, t, "the second site.yml", before)
-	t.Logf("second site.yml: %s", p.recapString())
+	d.noChangeRun(ctx, t, "idempotence", "the second site.yml")
 }
 
 // checkDeployed: site.yml --check --diff on the deployed hosts reports
 // nothing to change and changes nothing.
 func (d *deploy) checkDeployed(ctx context.Context, t *testing.T) {
+	d.noChangeRun(ctx, t, "check-deployed", "site.yml --check --diff on the deployed hosts", "--check", "--diff")
+}
+
+// noChangeRun runs site.yml with args on the deployed h1..h3 and requires
+// changed=0 on each and no process, file or service changed.
+func (d *deploy) noChangeRun(ctx context.Context, t *testing.T, step, what string, args ...string) {
 	names := []string{"h1", "h2", "h3"}
 	inv := d.writeInventory(t, "multi", "multi", multiGroups("h3"))
 	before := d.stateOf(ctx, t, names...)
 	d.mark(ctx, t, names...)
-	p := d.playbook(ctx, t, "check-deployed", inv, d.bin1, "site.yml", "--check", "--diff")
+	p := d.playbook(ctx, t, step, inv, d.bin1, "site.yml", args...)
 	p.mustSucceed(t, d)
 	p.wantHosts(t, d, names...)
 	for _, n := range names {
 		if c := p.recap[n]["changed"]; c != 0 {
-			t.Errorf("site.yml --check --diff on the deployed %s: changed=%d, want 0; changed tasks:\n%s", n, c, strings.Join(p.changedTasks(), "\n"))
+			t.Errorf("%s: %s changed=%d, want 0; changed tasks:\n%s", what, n, c, strings.Join(p.changedTasks(), "\n"))
 		}
 	}
-	d.unchanged(ctx, t, "site.yml --check --diff on a deployed host", before)
-	t.Logf("check mode on deployed hosts: %s; no process, file or service changed", p.recapString())
+	d.unchanged(ctx, t, what, before)
+	t.Logf("%s: %s; no process, file or service changed", what, p.recapString())
 }
 
 // addCapacity: h4 joins the workers with site.yml --limit h4; its workers
