@@ -28,13 +28,6 @@ type message struct {
 	Trace      []wire.Hop // "tr" hops up to the enqueue
 }
 
-// Bounds on what a message may hold, so that a corrupt or hostile hash
-// cannot make a consumer allocate without limit.
-const (
-	maxHops = 64
-	maxTags = 64
-)
-
 // appendMsgpack appends m's encoding to dst.
 func (m *message) appendMsgpack(dst []byte) []byte {
 	return wire.AppendMsgpack(dst, func(e *msgpack.Encoder) error { m.encode(e); return nil })
@@ -74,27 +67,7 @@ func (m *message) encode(e *msgpack.Encoder) {
 	}
 	if len(m.Trace) > 0 {
 		e.EncodeString("tr")
-		e.EncodeArrayLen(len(m.Trace))
-		for i := range m.Trace {
-			h := &m.Trace[i]
-			hn := 4
-			if len(h.Tags) > 0 {
-				hn++
-			}
-			e.EncodeMapLen(hn)
-			str("svc", h.Service)
-			str("proc", h.Process)
-			num("start", h.Start)
-			num("dur", h.Dur)
-			if len(h.Tags) > 0 {
-				e.EncodeString("tags")
-				e.EncodeMapLen(len(h.Tags))
-				for _, kv := range h.Tags {
-					e.EncodeString(kv.Key)
-					e.EncodeString(kv.Value)
-				}
-			}
-		}
+		wire.EncodeHops(e, m.Trace)
 	}
 }
 
@@ -172,7 +145,7 @@ func (m *message) decode(d *msgpack.Decoder) error {
 		case "rid":
 			m.RID, err = d.DecodeString()
 		case "tr":
-			m.Trace, err = decodeHops(d)
+			m.Trace, err = wire.DecodeHops(d)
 		default:
 			err = d.Skip()
 		}
@@ -184,66 +157,4 @@ func (m *message) decode(d *msgpack.Decoder) error {
 		return errors.New("no task type")
 	}
 	return nil
-}
-
-func decodeHops(d *msgpack.Decoder) ([]wire.Hop, error) {
-	n, err := d.DecodeArrayLen()
-	if err != nil || n <= 0 {
-		return nil, err
-	}
-	if n > maxHops {
-		return nil, fmt.Errorf("%d hops, at most %d", n, maxHops)
-	}
-	hops := make([]wire.Hop, n)
-	for i := range hops {
-		h := &hops[i]
-		fields, err := d.DecodeMapLen()
-		if err != nil {
-			return nil, err
-		}
-		for range fields {
-			k, err := d.DecodeString()
-			if err != nil {
-				return nil, err
-			}
-			switch k {
-			case "svc":
-				h.Service, err = d.DecodeString()
-			case "proc":
-				h.Process, err = d.DecodeString()
-			case "start":
-				h.Start, err = d.DecodeInt64()
-			case "dur":
-				h.Dur, err = d.DecodeInt64()
-			case "tags":
-				h.Tags, err = decodeKVs(d)
-			default:
-				err = d.Skip()
-			}
-			if err != nil {
-				return nil, err
-			}
-		}
-	}
-	return hops, nil
-}
-
-func decodeKVs(d *msgpack.Decoder) ([]wire.KV, error) {
-	n, err := d.DecodeMapLen()
-	if err != nil || n <= 0 {
-		return nil, err
-	}
-	if n > maxTags {
-		return nil, fmt.Errorf("%d tags, at most %d", n, maxTags)
-	}
-	kvs := make([]wire.KV, n)
-	for i := range kvs {
-		if kvs[i].Key, err = d.DecodeString(); err != nil {
-			return nil, err
-		}
-		if kvs[i].Value, err = d.DecodeString(); err != nil {
-			return nil, err
-		}
-	}
-	return kvs, nil
 }

@@ -161,14 +161,22 @@ func (f *fieldWriter) kvs(k string, kvs []KV) {
 }
 func (f *fieldWriter) hops(k string, hops []Hop) {
 	f.key(k)
-	f.ok(f.e.EncodeArrayLen(len(hops)))
+	f.ok(EncodeHops(f.e, hops))
+}
+
+// EncodeHops writes a trace as the envelopes carry it ("tr"): an array of
+// maps with keys svc, proc, start, dur and, when set, tags. Other msgpack
+// records that carry a trace (the task queue's) use it and DecodeHops.
+func EncodeHops(e *msgpack.Encoder, hops []Hop) error {
+	f := fieldWriter{e: e}
+	f.ok(e.EncodeArrayLen(len(hops)))
 	for i := range hops {
 		h := &hops[i]
 		n := 4
 		if len(h.Tags) > 0 {
 			n++
 		}
-		f.ok(f.e.EncodeMapLen(n))
+		f.ok(e.EncodeMapLen(n))
 		f.str("svc", h.Service)
 		f.str("proc", h.Process)
 		f.int("start", h.Start)
@@ -177,6 +185,7 @@ func (f *fieldWriter) hops(k string, hops []Hop) {
 			f.kvs("tags", h.Tags)
 		}
 	}
+	return f.err
 }
 
 // count returns how many of the flags are true.
@@ -414,7 +423,9 @@ func decodeInt(d *msgpack.Decoder) (int, error) {
 	return int(v), nil
 }
 
-func decodeHops(d *msgpack.Decoder) ([]Hop, error) {
+// DecodeHops reads what EncodeHops wrote, with the envelopes' bounds
+// (64 hops, 256 tags each); unknown keys are skipped.
+func DecodeHops(d *msgpack.Decoder) ([]Hop, error) {
 	n, err := d.DecodeArrayLen()
 	if err != nil || n <= 0 {
 		return nil, err
@@ -480,7 +491,7 @@ func (r *Request) DecodeMsgpack(d *msgpack.Decoder) error {
 		case "max":
 			r.MaxAttempts, err = decodeInt(d)
 		case "tr":
-			r.Trace, err = decodeHops(d)
+			r.Trace, err = DecodeHops(d)
 		default:
 			return errSkip
 		}
@@ -507,7 +518,7 @@ func (r *Reply) DecodeMsgpack(d *msgpack.Decoder) error {
 		case "body":
 			r.Body, err = d.DecodeBytes()
 		case "tr":
-			r.Trace, err = decodeHops(d)
+			r.Trace, err = DecodeHops(d)
 		default:
 			return errSkip
 		}

@@ -202,7 +202,7 @@ func (ev *Event) DecodeMsgpack(d *msgpack.Decoder) error {
 		case "rid":
 			ev.RID, err = d.DecodeString()
 		case "tr":
-			ev.Trace, err = decodeHops(d)
+			ev.Trace, err = DecodeHops(d)
 		default:
 			return errSkip
 		}
