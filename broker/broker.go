@@ -220,6 +220,7 @@ func (b *Broker) Run(ctx context.Context) error {
 
 	tick := time.NewTicker(b.tickEvery())
 	defer tick.Stop()
+	b.stamp()
 	for {
 		select {
 		case <-ctx.Done():
@@ -250,9 +251,10 @@ func (b *Broker) Run(ctx context.Context) error {
 		case <-tick.C:
 			// Read what is already waiting first: after the loop was slow,
 			// heartbeats queued meanwhile must count before anyone is
-			// judged silent.
-			b.drain()
+			// judged silent. They are stamped with the time now, not that
+			// of the loop's last turn.
 			b.stamp()
+			b.drain()
 			b.expire()
 		}
 		b.flush()
