@@ -93,7 +93,7 @@ bench: build
 # Each fuzz target for a short while (CI runs the seeds as part of `make test`).
 FUZZTIME ?= 20s
 fuzz:
-	@for pkg in ./wire ./internal/zsock ./config ./frontend; do \
+	@for pkg in ./wire ./internal/zsock ./config ./frontend ./queue; do \
 	  for t in $$($(GO) test -list 'Fuzz.*' $$pkg | grep ^Fuzz); do \
 	    echo "== $$pkg $$t"; $(GO) test -run='^$$' -fuzz="^$$t$$" -fuzztime=$(FUZZTIME) $$pkg || exit 1; \
 	  done; \
