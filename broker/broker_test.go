@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal/broker"
+	"github.com/shoal-dev/shoal/internal/testenv"
 	"github.com/shoal-dev/shoal/internal/zsock"
 	"github.com/shoal-dev/shoal/wire"
 	"github.com/shoal-dev/shoal/workers"
@@ -68,18 +69,6 @@ func (tb *testBroker) service(t *testing.T, name string) broker.ServiceStats {
 	return broker.ServiceStats{}
 }
 
-// eventually polls cond until it holds or the timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func newClient(t *testing.T, eps ...string) *broker.Client {
 	t.Helper()
 	c, err := broker.NewClient(broker.ClientOptions{Endpoints: eps, Heartbeat: hb, Liveness: 3})
@@ -87,7 +76,7 @@ func newClient(t *testing.T, eps ...string) *broker.Client {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	eventually(t, 5*time.Second, "client link up", c.Ready)
+	testenv.Eventually(t, 5*time.Second, "client link up", c.Ready)
 	return c
 }
 
@@ -110,7 +99,7 @@ func startWorker(t *testing.T, eps []string, service string, conc int, h workers
 
 func waitWorkers(t *testing.T, tb *testBroker, service string, n int) {
 	t.Helper()
-	eventually(t, 5*time.Second, fmt.Sprintf("%d workers for %s", n, service), func() bool {
+	testenv.Eventually(t, 5*time.Second, fmt.Sprintf("%d workers for %s", n, service), func() bool {
 		return tb.service(t, service).Workers == n
 	})
 }
@@ -196,7 +185,7 @@ func TestQueueLimitAnswersOverloaded(t *testing.T) {
 	for range 3 {
 		go func() { results <- do(t, c, "slow", "x", 10*time.Second, 1) }()
 	}
-	eventually(t, 5*time.Second, "1 in flight and 2 queued", func() bool {
+	testenv.Eventually(t, 5*time.Second, "1 in flight and 2 queued", func() bool {
 		s := tb.service(t, "slow")
 		return s.InFlight == 1 && s.Queued == 2
 	})
@@ -225,7 +214,7 @@ func TestDeadlinePassesWhileQueued(t *testing.T) {
 	waitWorkers(t, tb, "slow", 1)
 	c := newClient(t, tb.clients)
 	go do(t, c, "slow", "occupy", 10*time.Second, 1) // takes the only credit
-	eventually(t, 5*time.Second, "first request in flight", func() bool { return calls.Load() == 1 })
+	testenv.Eventually(t, 5*time.Second, "first request in flight", func() bool { return calls.Load() == 1 })
 
 	// The second waits in the queue and its deadline passes there: the
 	// broker answers "deadline" and never dispatches it.
@@ -368,7 +357,7 @@ func TestLateAndDuplicateRepliesIgnored(t *testing.T) {
 	if rep := <-got; string(rep.Body) != "first" {
 		t.Fatalf("client got %q, want the first reply", rep.Body)
 	}
-	eventually(t, 2*time.Second, "2 late replies counted", func() bool { return tb.stats(t).LateReplies == 2 })
+	testenv.Eventually(t, 2*time.Second, "2 late replies counted", func() bool { return tb.stats(t).LateReplies == 2 })
 	if n := c.LateReplies(); n != 0 {
 		t.Errorf("client saw %d late replies; the broker should have dropped them", n)
 	}
@@ -401,7 +390,7 @@ func TestMalformedMessagesCountedNotFatal(t *testing.T) {
 		}
 		s.Close()
 	}
-	eventually(t, 2*time.Second, "malformed messages counted", func() bool {
+	testenv.Eventually(t, 2*time.Second, "malformed messages counted", func() bool {
 		var n uint64
 		for _, v := range tb.stats(t).Malformed {
 			n += v
@@ -425,7 +414,7 @@ func TestTwoBrokersEachRequestOnce(t *testing.T) {
 	waitWorkers(t, b1, "count", 1)
 	waitWorkers(t, b2, "count", 1)
 	c := newClient(t, b1.clients, b2.clients)
-	eventually(t, 5*time.Second, "both client links", func() bool { return c.Ready() })
+	testenv.Eventually(t, 5*time.Second, "both client links", func() bool { return c.Ready() })
 	const n = 100
 	for i := range n {
 		if rep := do(t, c, "count", fmt.Sprint(i), 5*time.Second, 1); rep.Code != "" {
@@ -454,7 +443,7 @@ func TestClientAsksAnotherBrokerWhenOneHasNoWorker(t *testing.T) {
 	})
 	waitWorkers(t, b1, "only-on-b1", 1)
 	c := newClient(t, b1.clients, b2.clients)
-	eventually(t, 5*time.Second, "both client links", func() bool { return c.Ready() })
+	testenv.Eventually(t, 5*time.Second, "both client links", func() bool { return c.Ready() })
 	const n = 50
 	for i := range n {
 		if rep := do(t, c, "only-on-b1", fmt.Sprint(i), 5*time.Second, 1); rep.Code != "" {
@@ -538,14 +527,14 @@ func TestBrokerRestartReconnects(t *testing.T) {
 	do(t, c, "echo", "before", 5*time.Second, 1)
 
 	tb.stop()
-	eventually(t, 5*time.Second, "client notices broker loss", func() bool { return !c.Ready() })
+	testenv.Eventually(t, 5*time.Second, "client notices broker loss", func() bool { return !c.Ready() })
 	// Same ports again, as a restarted broker process would.
 	tb2 := startBroker(t, func(o *broker.Options) {
 		o.Clients, o.Workers = clients, wks
 	})
 	back := time.Now()
-	eventually(t, 5*time.Second, "worker re-registered", func() bool { return tb2.service(t, "echo").Workers == 1 })
-	eventually(t, 5*time.Second, "client reconnected", c.Ready)
+	testenv.Eventually(t, 5*time.Second, "worker re-registered", func() bool { return tb2.service(t, "echo").Workers == 1 })
+	testenv.Eventually(t, 5*time.Second, "client reconnected", c.Ready)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		rep, err := c.Do(ctx, &wire.Request{Service: "echo", Body: []byte("after")})

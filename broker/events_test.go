@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal/broker"
+	"github.com/shoal-dev/shoal/internal/testenv"
 	"github.com/shoal-dev/shoal/internal/zsock"
 	"github.com/shoal-dev/shoal/wire"
 )
@@ -45,7 +46,7 @@ func (tb *testBroker) events(t *testing.T) *broker.EventStats {
 func (tb *testBroker) waitPrefixes(t *testing.T, n int, prefixes ...string) {
 	t.Helper()
 	sort.Strings(prefixes)
-	eventually(t, 5*time.Second, fmt.Sprintf("%d subscriptions to %q at the broker", n, prefixes), func() bool {
+	testenv.Eventually(t, 5*time.Second, fmt.Sprintf("%d subscriptions to %q at the broker", n, prefixes), func() bool {
 		es := tb.events(t)
 		return es.Subscriptions == n && slices.Equal(es.Prefixes, prefixes)
 	})
@@ -58,7 +59,7 @@ func newPublisher(t *testing.T, eps ...string) *broker.Publisher {
 		t.Fatal(err)
 	}
 	t.Cleanup(p.Close)
-	eventually(t, 5*time.Second, "publisher link up", p.Ready)
+	testenv.Eventually(t, 5*time.Second, "publisher link up", p.Ready)
 	return p
 }
 
@@ -69,7 +70,7 @@ func newSubscriber(t *testing.T, eps ...string) *broker.Subscriber {
 		t.Fatal(err)
 	}
 	t.Cleanup(s.Close)
-	eventually(t, 5*time.Second, "subscriber link up", s.Ready)
+	testenv.Eventually(t, 5*time.Second, "subscriber link up", s.Ready)
 	return s
 }
 
@@ -155,7 +156,7 @@ func TestEventsPrefixMatching(t *testing.T) {
 		"employee":    {"employee.created", "end"},
 	}
 	for name, r := range recs {
-		eventually(t, 5*time.Second, name+" got the end marker", func() bool { return r.has("end") })
+		testenv.Eventually(t, 5*time.Second, name+" got the end marker", func() bool { return r.has("end") })
 		// One publisher, one broker: events arrive in order, so
 		// everything before "end" is in.
 		got := r.got()
@@ -202,7 +203,7 @@ func TestPublisherErrors(t *testing.T) {
 		t.Errorf("Subscribe(a.) = %v", err)
 	}
 	tb.stop()
-	eventually(t, 5*time.Second, "publisher notices the broker is gone", func() bool { return !p.Ready() })
+	testenv.Eventually(t, 5*time.Second, "publisher notices the broker is gone", func() bool { return !p.Ready() })
 	if err := p.Publish(&wire.Event{Topic: "a"}); !errors.Is(err, broker.ErrUnavailable) {
 		t.Errorf("Publish without broker = %v, want ErrUnavailable", err)
 	}
@@ -224,23 +225,23 @@ func TestEventsSurviveBrokerRestart(t *testing.T) {
 	s.Subscribe("weather.eu", r.handler)
 	tb.waitPrefixes(t, 2, "news", "weather.eu")
 	publish(t, p, "news.before", nil)
-	eventually(t, 5*time.Second, "event before the restart", func() bool { return r.has("news.before") })
+	testenv.Eventually(t, 5*time.Second, "event before the restart", func() bool { return r.has("news.before") })
 
 	for round := range 2 {
 		tb.stop()
-		eventually(t, 5*time.Second, "links notice the broker is gone", func() bool { return !s.Ready() && !p.Ready() })
+		testenv.Eventually(t, 5*time.Second, "links notice the broker is gone", func() bool { return !s.Ready() && !p.Ready() })
 		tb = startBroker(t, func(o *broker.Options) {
 			o.Clients, o.Workers, o.EventsIn, o.EventsOut = clients, wks, in, out
 		})
 		// Nobody subscribed at the new broker: the subscriber did it again.
 		tb.waitPrefixes(t, 2, "news", "weather.eu")
-		eventually(t, 5*time.Second, "publisher reconnected", p.Ready)
+		testenv.Eventually(t, 5*time.Second, "publisher reconnected", p.Ready)
 		topic := fmt.Sprintf("news.after%d", round)
 		publish(t, p, topic, nil)
 		publish(t, p, "weather.eu.paris", nil)
 		publish(t, p, "weather.us", nil)
-		eventually(t, 5*time.Second, topic+" after the restart", func() bool { return r.has(topic) })
-		eventually(t, 5*time.Second, "paris forecast after the restart", func() bool {
+		testenv.Eventually(t, 5*time.Second, topic+" after the restart", func() bool { return r.has(topic) })
+		testenv.Eventually(t, 5*time.Second, "paris forecast after the restart", func() bool {
 			n := 0
 			for _, tp := range r.got() {
 				if tp == "weather.eu.paris" {
@@ -309,7 +310,7 @@ func TestEventsStalledSubscriberBoundedAndHarmless(t *testing.T) {
 	})
 	rawSubscriber(t, tb.eventsOut(), "feed")
 	tb.waitPrefixes(t, 2, "feed")
-	eventually(t, 5*time.Second, "2 subscribers", func() bool { return tb.events(t).Subscribers == 2 })
+	testenv.Eventually(t, 5*time.Second, "2 subscribers", func() bool { return tb.events(t).Subscribers == 2 })
 
 	body := make([]byte, 200)
 	base := heapInUse()
@@ -323,7 +324,7 @@ func TestEventsStalledSubscriberBoundedAndHarmless(t *testing.T) {
 		}
 		sent += chunk
 		// Pace the publisher by the reader.
-		eventually(t, 10*time.Second, fmt.Sprintf("fast subscriber has %d", sent), func() bool { return got.Load() == int64(sent) })
+		testenv.Eventually(t, 10*time.Second, fmt.Sprintf("fast subscriber has %d", sent), func() bool { return got.Load() == int64(sent) })
 	}
 	elapsed := time.Since(start)
 	grown := int64(heapInUse()) - int64(base)
@@ -399,7 +400,7 @@ func TestEventsLyingSubscriberDropped(t *testing.T) {
 			publish(t, p, "feed.big", body)
 		}
 		sent += 200
-		eventually(t, 10*time.Second, "fast subscriber keeps up", func() bool { return got.Load() == int64(sent) })
+		testenv.Eventually(t, 10*time.Second, "fast subscriber keeps up", func() bool { return got.Load() == int64(sent) })
 	}
 	es := tb.events(t)
 	t.Logf("liar dropped after %d events of 4 KiB; stats %+v", sent, es.Topic("feed"))
@@ -446,7 +447,7 @@ func TestEventsMalformedCounted(t *testing.T) {
 		s.Close()
 	}
 	want := []string{"event_frames", "event_envelope", "event_publisher_command", "event_prefix", "event_credit", "event_subscriber_command"}
-	eventually(t, 5*time.Second, fmt.Sprintf("malformed counters %v", want), func() bool {
+	testenv.Eventually(t, 5*time.Second, fmt.Sprintf("malformed counters %v", want), func() bool {
 		m := tb.stats(t).Malformed
 		for _, k := range want {
 			if m[k] == 0 {
@@ -481,7 +482,7 @@ func TestEventsMalformedCounted(t *testing.T) {
 	s.Subscribe("ok", r.handler)
 	tb.waitPrefixes(t, 1, "ok")
 	publish(t, p, "ok.fine", []byte{0xc0})
-	eventually(t, 5*time.Second, "event after the junk", func() bool { return r.has("ok.fine") })
+	testenv.Eventually(t, 5*time.Second, "event after the junk", func() bool { return r.has("ok.fine") })
 }
 
 // /stats and /metrics carry the event counters per topic label.
@@ -494,8 +495,8 @@ func TestEventsMetrics(t *testing.T) {
 	tb.waitPrefixes(t, 1, "task")
 	publish(t, p, "task.1.done", nil)
 	publish(t, p, "nobody.cares", nil)
-	eventually(t, 5*time.Second, "event", func() bool { return r.has("task.1.done") })
-	eventually(t, 5*time.Second, "unrouted event", func() bool { return tb.events(t).Topic("nobody").Unrouted == 1 })
+	testenv.Eventually(t, 5*time.Second, "event", func() bool { return r.has("task.1.done") })
+	testenv.Eventually(t, 5*time.Second, "unrouted event", func() bool { return tb.events(t).Topic("nobody").Unrouted == 1 })
 	resp, err := http.Get("http://" + tb.admin + "/metrics")
 	if err != nil {
 		t.Fatal(err)

@@ -3,6 +3,8 @@ package e2e
 import (
 	"testing"
 	"time"
+
+	"github.com/shoal-dev/shoal/internal/testenv"
 )
 
 // TestTwoBrokersProcesses (fault 8d): with two broker processes, the
@@ -20,7 +22,7 @@ func TestTwoBrokersProcesses(t *testing.T) {
 	w := s.startWorker("echo")
 	for i := range s.brokers {
 		s.waitWorkers(i, "echo", 1, 10*time.Second)
-		eventually(t, 5*time.Second, "the frontend's link to broker "+s.brokers[i].Name, func() bool {
+		testenv.Eventually(t, 5*time.Second, "the frontend's link to broker "+s.brokers[i].Name, func() bool {
 			st, err := s.stats(i)
 			return err == nil && st.Clients >= 1
 		})

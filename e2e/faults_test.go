@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/shoal-dev/shoal/internal/testenv"
 )
 
 // slack is how late after its route's deadline a response may come.
@@ -41,7 +43,7 @@ func TestKillWorkerUnderLoad(t *testing.T) {
 	time.Sleep(run / 3)
 	victim.Signal(t, syscall.SIGSTOP)
 	holding := 0
-	eventually(t, 2*time.Second, "the frozen victim worker to hold >= 10 requests", func() bool {
+	testenv.Eventually(t, 2*time.Second, "the frozen victim worker to hold >= 10 requests", func() bool {
 		st, err := s.stats(0)
 		if err != nil {
 			return false
@@ -150,7 +152,7 @@ func TestBrokerOutageRecovers(t *testing.T) {
 	t.Logf("broker killed at %s", killedAt.Format("15:04:05.000"))
 
 	// During the outage: readiness goes down, requests fail fast.
-	eventually(t, 3*time.Second, "frontend /readyz 503 without a broker", func() bool {
+	testenv.Eventually(t, 3*time.Second, "frontend /readyz 503 without a broker", func() bool {
 		st, _, _ := s.get("http://" + s.frontend + "/readyz")
 		return st == 503
 	})
@@ -182,7 +184,7 @@ func TestBrokerOutageRecovers(t *testing.T) {
 	s.waitHealthy(nb, s.brokers[0])
 	healthyAt := time.Now()
 	var recovered time.Duration
-	eventually(t, 2*time.Second, "GET /echo 200 within 2s of the new broker's /healthz", func() bool {
+	testenv.Eventually(t, 2*time.Second, "GET /echo 200 within 2s of the new broker's /healthz", func() bool {
 		st, _, _ := s.get(s.url("/echo"))
 		recovered = time.Since(healthyAt)
 		return st == 200

@@ -8,8 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -23,6 +21,7 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal/broker"
+	"github.com/shoal-dev/shoal/internal/testenv"
 )
 
 var (
@@ -72,83 +71,7 @@ func run(m *testing.M) int {
 
 // ---- polling ----
 
-// eventually polls cond every 20ms until it holds, and fails the test if it
-// does not within timeout.
-func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // ---- ports and config ----
-
-// Ports handed out by freePort, so that parallel tests never share one.
-var ports struct {
-	sync.Mutex
-	used map[int]bool
-}
-
-// ephemeralLow is the start of the kernel's ephemeral port range: ports
-// below it are never picked for outgoing connections, so a port freePort
-// returns stays free while a test restarts the process that owns it (the
-// garbage and load tests open thousands of outgoing connections meanwhile).
-var ephemeralLow = sync.OnceValue(func() int {
-	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
-	if err == nil {
-		if f := strings.Fields(string(b)); len(f) == 2 {
-			if n, err := strconv.Atoi(f[0]); err == nil {
-				return n
-			}
-		}
-	}
-	return 32768
-})
-
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago,
-// below the ephemeral range when it can, and never the same twice.
-func freePort(t testing.TB) int {
-	t.Helper()
-	ports.Lock()
-	defer ports.Unlock()
-	if ports.used == nil {
-		ports.used = make(map[int]bool)
-	}
-	const lowest = 20000
-	if lo := ephemeralLow(); lo-lowest >= 2000 {
-		for range 200 {
-			p := lowest + rand.IntN(lo-lowest)
-			if ports.used[p] {
-				continue
-			}
-			ln, err := net.Listen("tcp", hostPort(p))
-			if err != nil {
-				continue
-			}
-			ln.Close()
-			ports.used[p] = true
-			return p
-		}
-	}
-	for range 100 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("cannot find a free port: %v", err)
-		}
-		p := ln.Addr().(*net.TCPAddr).Port
-		ln.Close()
-		if !ports.used[p] {
-			ports.used[p] = true
-			return p
-		}
-	}
-	t.Fatal("cannot find a free port")
-	return 0
-}
 
 func hostPort(p int) string { return "127.0.0.1:" + strconv.Itoa(p) }
 
@@ -263,13 +186,13 @@ func newStack(t *testing.T, set settings) *stack {
 	for i := range set.Brokers {
 		s.brokers = append(s.brokers, brokerAddrs{
 			Name:    fmt.Sprintf("b%d", i),
-			Clients: "tcp://" + hostPort(freePort(t)),
-			Workers: "tcp://" + hostPort(freePort(t)),
-			Admin:   hostPort(freePort(t)),
+			Clients: "tcp://" + hostPort(testenv.FreePort(t)),
+			Workers: "tcp://" + hostPort(testenv.FreePort(t)),
+			Admin:   hostPort(testenv.FreePort(t)),
 		})
 	}
-	s.frontend = hostPort(freePort(t))
-	s.feAdmin = hostPort(freePort(t))
+	s.frontend = hostPort(testenv.FreePort(t))
+	s.feAdmin = hostPort(testenv.FreePort(t))
 	s.cfg = s.writeConfig("shoal.yaml", s.frontend, s.feAdmin)
 	t.Cleanup(s.stopAll)
 	return s
@@ -386,7 +309,7 @@ func (s *stack) stopAll() {
 // waitHealthy polls a broker's /healthz.
 func (s *stack) waitHealthy(p *proc, b brokerAddrs) {
 	s.t.Helper()
-	eventually(s.t, 10*time.Second, "broker "+b.Name+" /healthz", func() bool {
+	testenv.Eventually(s.t, 10*time.Second, "broker "+b.Name+" /healthz", func() bool {
 		if !p.Alive() {
 			s.t.Fatalf("%s exited during startup: %v", p.name, p.exitErr())
 		}
@@ -398,7 +321,7 @@ func (s *stack) waitHealthy(p *proc, b brokerAddrs) {
 // waitReady polls a frontend's /readyz.
 func (s *stack) waitReady(p *proc, listen string) {
 	s.t.Helper()
-	eventually(s.t, 10*time.Second, "frontend /readyz", func() bool {
+	testenv.Eventually(s.t, 10*time.Second, "frontend /readyz", func() bool {
 		if !p.Alive() {
 			s.t.Fatalf("%s exited during startup: %v", p.name, p.exitErr())
 		}
@@ -458,7 +381,7 @@ func service(st broker.Stats, name string) broker.ServiceStats {
 // waitWorkers polls broker i until service has n registered workers.
 func (s *stack) waitWorkers(i int, svc string, n int, timeout time.Duration) {
 	s.t.Helper()
-	eventually(s.t, timeout, fmt.Sprintf("%d %s worker(s) on broker %s", n, svc, s.brokers[i].Name), func() bool {
+	testenv.Eventually(s.t, timeout, fmt.Sprintf("%d %s worker(s) on broker %s", n, svc, s.brokers[i].Name), func() bool {
 		st, err := s.stats(i)
 		return err == nil && service(st, svc).Workers == n
 	})
@@ -705,11 +628,7 @@ func requirePythonZMQ(t *testing.T) {
 	t.Helper()
 	missing := func(format string, args ...any) {
 		t.Helper()
-		msg := fmt.Sprintf(format, args...) + " (apt-get install python3 python3-zmq python3-msgpack, or `make deps-test`)"
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
+		testenv.Missing(t, fmt.Sprintf(format, args...)+" (apt-get install python3 python3-zmq python3-msgpack, or `make deps-test`)")
 	}
 	if _, err := os.Stat(python); err != nil {
 		missing("%s not found: %v", python, err)

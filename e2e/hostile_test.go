@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-dev/shoal/internal/testenv"
 	"github.com/shoal-dev/shoal/internal/zsock"
 	"github.com/shoal-dev/shoal/wire"
 )
@@ -179,7 +180,7 @@ func TestGarbageOnEveryPort(t *testing.T) {
 
 	// The broker counted each kind of malformed input.
 	want := []string{"frames", "client_command", "worker_command", "ready", "envelope"}
-	eventually(t, 5*time.Second, fmt.Sprintf("malformed counters %v > 0", want), func() bool {
+	testenv.Eventually(t, 5*time.Second, fmt.Sprintf("malformed counters %v > 0", want), func() bool {
 		st, err := s.stats(0)
 		if err != nil {
 			return false
@@ -221,7 +222,7 @@ func TestGarbageOnEveryPort(t *testing.T) {
 		if n < 0 {
 			continue
 		}
-		eventually(t, 5*time.Second, fmt.Sprintf("%s back to ~%d open descriptors", p.name, n), func() bool {
+		testenv.Eventually(t, 5*time.Second, fmt.Sprintf("%s back to ~%d open descriptors", p.name, n), func() bool {
 			return openFDs(p.Pid()) <= n+8
 		})
 	}
@@ -274,7 +275,7 @@ func TestHugeFrameHeader(t *testing.T) {
 	}
 
 	var after map[string]float64
-	eventually(t, 5*time.Second, "shoal_zmtp_conns_dropped_total to count every attack", func() bool {
+	testenv.Eventually(t, 5*time.Second, "shoal_zmtp_conns_dropped_total to count every attack", func() bool {
 		after = s.mustMetrics(0)
 		return dropped(after, zsock.ReasonOversizedFrame)-dropped(before, zsock.ReasonOversizedFrame) >= float64(oversized) &&
 			sumMetric(after, "shoal_zmtp_conns_dropped_total")-sumMetric(before, "shoal_zmtp_conns_dropped_total") >= float64(n)
@@ -322,7 +323,7 @@ func TestSilentClientDoesNotBlock(t *testing.T) {
 	nw := s.startWorker("echo")
 	s.waitWorkers(0, "echo", 1, 2*time.Second)
 	registered := time.Since(start)
-	eventually(t, 2*time.Second-registered, "GET /echo 200 through the new worker", func() bool {
+	testenv.Eventually(t, 2*time.Second-registered, "GET /echo 200 through the new worker", func() bool {
 		code, _, _ := s.get(s.url("/echo"))
 		return code == 200
 	})
@@ -334,7 +335,7 @@ func TestSilentClientDoesNotBlock(t *testing.T) {
 	}
 
 	// A second frontend, started now, connects through the clients endpoint.
-	listen2, admin2 := hostPort(freePort(t)), hostPort(freePort(t))
+	listen2, admin2 := hostPort(testenv.FreePort(t)), hostPort(testenv.FreePort(t))
 	cfg2 := s.writeConfig("shoal-frontend2.yaml", listen2, admin2)
 	start = time.Now()
 	fe2 := s.start("frontend2", shoalBin, "frontend", "-c", cfg2)
@@ -441,7 +442,7 @@ func TestStuckWorkerDoesNotFreezeBroker(t *testing.T) {
 	defer func() { haltFlood(); haltEcho(); flood(); echo() }()
 
 	start := time.Now()
-	eventually(t, 20*time.Second, "the broker to drop the stuck worker", func() bool {
+	testenv.Eventually(t, 20*time.Second, "the broker to drop the stuck worker", func() bool {
 		st, err := s.stats(0)
 		return err == nil && service(st, "stuck").Workers == 0
 	})

@@ -1,7 +1,6 @@
 package frontend_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -9,12 +8,12 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/shoal-dev/shoal/frontend"
+	"github.com/shoal-dev/shoal/internal/testenv"
 	"github.com/shoal-dev/shoal/wire"
 )
 
@@ -269,7 +268,7 @@ func grep(s, sub string) string {
 
 func TestAccessLog(t *testing.T) {
 	for _, on := range []bool{false, true} {
-		var buf syncBuffer
+		var buf testenv.SyncBuffer
 		logger := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 		d := newFake(func(_ context.Context, req *wire.Request) (*wire.Reply, error) {
 			if req.Params[0].Value == "err" {
@@ -292,21 +291,4 @@ func TestAccessLog(t *testing.T) {
 			t.Errorf("AccessLog %v: the 503 logged %q, want a warning with its code and error", on, errLine)
 		}
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/shoal-dev/shoal/internal/testenv"
 	"github.com/shoal-dev/shoal/queue"
 )
 
@@ -36,7 +37,7 @@ func TestBadInputGoesToDeadLetters(t *testing.T) {
 	}
 	mustEnqueue(t, e.client, "note", note{Text: "fine"})
 
-	eventually(t, 10*time.Second, "four dead, one done", func() bool {
+	testenv.Eventually(t, 10*time.Second, "four dead, one done", func() bool {
 		st := e.stats(t, "default")
 		return st.Dead == 4 && st.Processed == 1
 	})
@@ -76,7 +77,7 @@ func TestRedisDownAtStart(t *testing.T) {
 	mux := queue.NewServeMux()
 	mux.HandleFunc("t", func(ctx context.Context, task *queue.Task) error { done <- struct{}{}; return nil })
 	e.consume(t, queue.ConsumerOptions{Metrics: set, Poll: 20 * time.Millisecond}, mux)
-	eventually(t, 10*time.Second, "redis errors counted", func() bool {
+	testenv.Eventually(t, 10*time.Second, "redis errors counted", func() bool {
 		return metricValue(set, `shoal_queue_redis_errors_total{op="fetch"}`) > 0 &&
 			metricValue(set, `shoal_queue_redis_errors_total{op="maintain"}`) > 0
 	})
@@ -90,7 +91,7 @@ func TestRedisDownAtStart(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("consumer did not recover once Redis came up")
 	}
-	eventually(t, 5*time.Second, "redis_up", func() bool { return metricValue(set, "shoal_queue_redis_up") == 1 })
+	testenv.Eventually(t, 5*time.Second, "redis_up", func() bool { return metricValue(set, "shoal_queue_redis_up") == 1 })
 }
 
 // Bad options are refused by NewConsumer, not discovered at run time.

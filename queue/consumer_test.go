@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/shoal-dev/shoal/internal/testenv"
 	"github.com/shoal-dev/shoal/queue"
 	"github.com/shoal-dev/shoal/wire"
 )
@@ -66,11 +67,11 @@ func TestConsumeHandlers(t *testing.T) {
 	for i := range 15 {
 		mustEnqueue(t, e.client, "slow", i)
 	}
-	eventually(t, 10*time.Second, "15 slow tasks", func() bool { return ran.Load() == 15 })
+	testenv.Eventually(t, 10*time.Second, "15 slow tasks", func() bool { return ran.Load() == 15 })
 	if p := peak.Load(); p != 3 {
 		t.Errorf("peak concurrency %d, want exactly 3", p)
 	}
-	eventually(t, 5*time.Second, "queue empty", func() bool {
+	testenv.Eventually(t, 5*time.Second, "queue empty", func() bool {
 		st := e.stats(t, "default")
 		return st.Pending == 0 && st.Active == 0 && st.Processed == 16
 	})
@@ -97,11 +98,11 @@ func TestDeadlineAndPanic(t *testing.T) {
 	e.consume(t, queue.ConsumerOptions{Metrics: set, RetryDelay: func(int, error, *queue.Task) time.Duration { return time.Millisecond }}, mux)
 	hang := mustEnqueue(t, e.client, "hang", nil, queue.Timeout(100*time.Millisecond), queue.MaxRetries(0))
 	p := mustEnqueue(t, e.client, "panic", nil, queue.MaxRetries(1))
-	eventually(t, 10*time.Second, "hang task dead", func() bool { return stateOf(e, hang.ID) == queue.Dead })
+	testenv.Eventually(t, 10*time.Second, "hang task dead", func() bool { return stateOf(e, hang.ID) == queue.Dead })
 	if info := e.get(t, hang.ID); !strings.Contains(info.LastError, "deadline exceeded") {
 		t.Errorf("hang task's error: %q", info.LastError)
 	}
-	eventually(t, 10*time.Second, "panicking task done on its retry", func() bool { return runs.Load() == 2 && e.stats(t, "default").Processed == 1 })
+	testenv.Eventually(t, 10*time.Second, "panicking task done on its retry", func() bool { return runs.Load() == 2 && e.stats(t, "default").Processed == 1 })
 	if _, err := e.insp.Get(context.Background(), p.ID); !errors.Is(err, queue.ErrNotFound) {
 		t.Errorf("done task still stored: %v", err)
 	}
@@ -153,7 +154,7 @@ func TestRetryDeadReplayDelete(t *testing.T) {
 
 	f := mustEnqueue(t, e.client, "flaky", nil, queue.MaxRetries(3))
 	h := mustEnqueue(t, e.client, "hopeless", nil, queue.MaxRetries(10))
-	eventually(t, 10*time.Second, "both dead", func() bool { return e.stats(t, "default").Dead == 2 })
+	testenv.Eventually(t, 10*time.Second, "both dead", func() bool { return e.stats(t, "default").Dead == 2 })
 
 	mu.Lock()
 	fr := runs[f.ID]
@@ -197,7 +198,7 @@ func TestRetryDeadReplayDelete(t *testing.T) {
 	if err := e.insp.Replay(ctx, f.ID); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "replayed task done", func() bool { return stateOf(e, f.ID) == "" })
+	testenv.Eventually(t, 10*time.Second, "replayed task done", func() bool { return stateOf(e, f.ID) == "" })
 	if err := e.insp.Replay(ctx, f.ID); !errors.Is(err, queue.ErrNotFound) {
 		t.Errorf("replaying a done task: %v", err)
 	}
@@ -216,12 +217,12 @@ func TestRetryDeadReplayDelete(t *testing.T) {
 	for range 3 {
 		ids = append(ids, mustEnqueue(t, e.client, "flaky", nil, queue.MaxRetries(0)).ID)
 	}
-	eventually(t, 10*time.Second, "three dead", func() bool { return e.stats(t, "default").Dead == 3 })
+	testenv.Eventually(t, 10*time.Second, "three dead", func() bool { return e.stats(t, "default").Dead == 3 })
 	failing.Store(false)
 	if n, err := e.insp.ReplayAll(ctx, "default"); n != 3 || err != nil {
 		t.Fatalf("ReplayAll: %d %v", n, err)
 	}
-	eventually(t, 10*time.Second, "replayed tasks done", func() bool {
+	testenv.Eventually(t, 10*time.Second, "replayed tasks done", func() bool {
 		st := e.stats(t, "default")
 		return st.Dead == 0 && st.Pending == 0 && st.Active == 0
 	})
@@ -231,7 +232,7 @@ func TestRetryDeadReplayDelete(t *testing.T) {
 	for range 4 {
 		mustEnqueue(t, e.client, "flaky", nil, queue.MaxRetries(0))
 	}
-	eventually(t, 10*time.Second, "four dead", func() bool { return e.stats(t, "default").Dead == 4 })
+	testenv.Eventually(t, 10*time.Second, "four dead", func() bool { return e.stats(t, "default").Dead == 4 })
 	if n, err := e.insp.DeleteAll(ctx, "default", queue.Dead); n != 4 || err != nil {
 		t.Errorf("DeleteAll: %d %v", n, err)
 	}
@@ -283,7 +284,7 @@ func TestQueuePriorityAndPause(t *testing.T) {
 		batch("high", 30)
 		_, stop := e.consume(t, queue.ConsumerOptions{Queues: map[string]int{"high": 2, "low": 1}, Strict: true,
 			Concurrency: 1, Prefetch: -1}, mux)
-		eventually(t, 10*time.Second, "60 tasks", func() bool { mu.Lock(); defer mu.Unlock(); return len(order) == 60 })
+		testenv.Eventually(t, 10*time.Second, "60 tasks", func() bool { mu.Lock(); defer mu.Unlock(); return len(order) == 60 })
 		stop()
 		for i, q := range order {
 			if want := map[bool]string{true: "high", false: "low"}[i < 30]; q != want {
@@ -298,7 +299,7 @@ func TestQueuePriorityAndPause(t *testing.T) {
 		batch("high", 400)
 		_, stop := e.consume(t, queue.ConsumerOptions{Queues: map[string]int{"high": 3, "low": 1},
 			Concurrency: 1, Prefetch: -1}, mux)
-		eventually(t, 20*time.Second, "400 tasks", func() bool { mu.Lock(); defer mu.Unlock(); return len(order) >= 400 })
+		testenv.Eventually(t, 20*time.Second, "400 tasks", func() bool { mu.Lock(); defer mu.Unlock(); return len(order) >= 400 })
 		stop()
 		mu.Lock()
 		high := 0
@@ -312,7 +313,7 @@ func TestQueuePriorityAndPause(t *testing.T) {
 		if high < 250 || high > 350 {
 			t.Errorf("%d of the first 400 tasks came from high (weight 3 of 4), want about 300", high)
 		}
-		eventually(t, 20*time.Second, "the rest", func() bool { mu.Lock(); defer mu.Unlock(); return len(order) >= 400 })
+		testenv.Eventually(t, 20*time.Second, "the rest", func() bool { mu.Lock(); defer mu.Unlock(); return len(order) >= 400 })
 	})
 
 	t.Run("pause", func(t *testing.T) {
@@ -326,7 +327,7 @@ func TestQueuePriorityAndPause(t *testing.T) {
 		batch("mail", 5)
 		batch("other", 5)
 		e.consume(t, queue.ConsumerOptions{Queues: map[string]int{"mail": 1, "other": 1}}, mux)
-		eventually(t, 10*time.Second, "other queue drained", func() bool { return e.stats(t, "other").Processed == 5 })
+		testenv.Eventually(t, 10*time.Second, "other queue drained", func() bool { return e.stats(t, "other").Processed == 5 })
 		st := e.stats(t, "mail")
 		if !st.Paused || st.Pending != 5 {
 			t.Fatalf("paused queue: %+v", st)
@@ -334,7 +335,7 @@ func TestQueuePriorityAndPause(t *testing.T) {
 		if err := e.insp.Resume(ctx, "mail"); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, 10*time.Second, "mail drained after resume", func() bool { return e.stats(t, "mail").Processed == 5 })
+		testenv.Eventually(t, 10*time.Second, "mail drained after resume", func() bool { return e.stats(t, "mail").Processed == 5 })
 		if e.stats(t, "mail").Paused {
 			t.Error("still paused after Resume")
 		}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/shoal-dev/shoal/internal/testenv"
 	"github.com/shoal-dev/shoal/queue"
 )
 
@@ -86,7 +87,7 @@ func TestRedisRestartLosesNothing(t *testing.T) {
 				}
 			}()
 			count := func() int { return int(metricValue(set, `shoal_queue_processed_total{queue="default"}`)) }
-			eventually(t, 20*time.Second, "500 tasks processed", func() bool { return count() >= 500 })
+			testenv.Eventually(t, 20*time.Second, "500 tasks processed", func() bool { return count() >= 500 })
 			if c.kill {
 				e.srv.Kill()
 				e.srv.StartAgain(t)
@@ -94,7 +95,7 @@ func TestRedisRestartLosesNothing(t *testing.T) {
 				e.srv.Restart(t)
 			}
 			before := count()
-			eventually(t, 30*time.Second, "500 more tasks processed after the restart", func() bool { return count() >= before+500 })
+			testenv.Eventually(t, 30*time.Second, "500 more tasks processed after the restart", func() bool { return count() >= before+500 })
 			close(stop)
 			<-done
 
@@ -106,7 +107,7 @@ func TestRedisRestartLosesNothing(t *testing.T) {
 				}
 				return true
 			}
-			eventually(t, 30*time.Second, "every acknowledged task to run", ran)
+			testenv.Eventually(t, 30*time.Second, "every acknowledged task to run", ran)
 			dups := 0
 			for _, id := range acked {
 				dups += log.count(id) - 1
@@ -116,7 +117,7 @@ func TestRedisRestartLosesNothing(t *testing.T) {
 			if refused.Load() == 0 {
 				t.Error("no enqueue was refused: did Redis restart?")
 			}
-			eventually(t, 10*time.Second, "queue empty", func() bool {
+			testenv.Eventually(t, 10*time.Second, "queue empty", func() bool {
 				st := e.stats(t, "default")
 				return st.Pending == 0 && st.Active == 0 && st.Retry == 0
 			})
@@ -170,7 +171,7 @@ func TestCatchUp50k(t *testing.T) {
 	start = time.Now()
 	set := metrics.NewSet()
 	e.consume(t, queue.ConsumerOptions{Concurrency: 20, Metrics: set}, mux)
-	eventually(t, 100*time.Second, "all processed", func() bool { return e.stats(t, "default").Processed == n })
+	testenv.Eventually(t, 100*time.Second, "all processed", func() bool { return e.stats(t, "default").Processed == n })
 	took := time.Since(start)
 	missing, twice := 0, 0
 	for i := range runs {
@@ -243,7 +244,7 @@ func TestStateInvariantsUnderChaos(t *testing.T) {
 		}
 		if round == 1 {
 			// The helper holds some tasks; kill it mid-run.
-			eventually(t, 10*time.Second, "helper to run tasks", func() bool { return e.rdb.LLen(ctx, "runs").Val() > 0 })
+			testenv.Eventually(t, 10*time.Second, "helper to run tasks", func() bool { return e.rdb.LLen(ctx, "runs").Val() > 0 })
 			helper.Process.Signal(syscall.SIGKILL)
 			e.consume(t, queue.ConsumerOptions{Concurrency: 8, Lease: 400 * time.Millisecond, RetryDelay: retry}, mux)
 			e.consume(t, queue.ConsumerOptions{Concurrency: 8, Lease: 400 * time.Millisecond, RetryDelay: retry}, mux)
@@ -254,7 +255,7 @@ func TestStateInvariantsUnderChaos(t *testing.T) {
 			}
 		}
 	}
-	eventually(t, 30*time.Second, "every task done or dead", func() bool {
+	testenv.Eventually(t, 30*time.Second, "every task done or dead", func() bool {
 		st := e.stats(t, "default")
 		return st.Pending == 0 && st.Active == 0 && st.Scheduled == 0 && st.Retry == 0
 	})

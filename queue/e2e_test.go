@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-dev/shoal/internal/testenv"
 	"github.com/shoal-dev/shoal/queue"
 	"github.com/shoal-dev/shoal/workers/example"
 )
@@ -163,7 +164,7 @@ queue:
 		json.Unmarshal(b, &body)
 		return resp.StatusCode, body
 	}
-	eventually(t, 20*time.Second, "the stack to answer POST /notes", func() bool {
+	testenv.Eventually(t, 20*time.Second, "the stack to answer POST /notes", func() bool {
 		code, _ := post("warmup", "warm up", "warmup")
 		return code == http.StatusAccepted
 	})
@@ -210,7 +211,7 @@ queue:
 	t.Logf("with the consumer dead: %+v", st)
 
 	consumer = startProc(t, dir, "consumer-2", "consumer", "notes", "-c", cfg, "-data", data)
-	eventually(t, 60*time.Second, "every note written", func() bool {
+	testenv.Eventually(t, 60*time.Second, "every note written", func() bool {
 		st, err := insp.Stats(ctx)
 		if err != nil || len(st) != 1 {
 			return false
@@ -240,7 +241,7 @@ queue:
 	if first["task_id"] != second["task_id"] || second["existing"] != true {
 		t.Errorf("idempotent POSTs: %v then %v", first, second)
 	}
-	eventually(t, 20*time.Second, "the idempotent note", func() bool {
+	testenv.Eventually(t, 20*time.Second, "the idempotent note", func() bool {
 		info, err := insp.Get(ctx, first["task_id"].(string))
 		return err == nil && info.State == queue.Done
 	})

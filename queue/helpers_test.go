@@ -66,18 +66,6 @@ func (e *env) consume(t *testing.T, o queue.ConsumerOptions, h queue.Handler) (c
 	return c, stop
 }
 
-// eventually polls cond every 10ms until it holds or timeout passes.
-func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func mustEnqueue(t testing.TB, c *queue.Client, typ string, v any, opts ...queue.Option) *queue.TaskInfo {
 	t.Helper()
 	task, err := queue.NewTask(typ, v)

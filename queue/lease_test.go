@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/shoal-dev/shoal/internal/testenv"
 	"github.com/shoal-dev/shoal/queue"
 )
 
@@ -47,7 +48,7 @@ func TestKilledConsumerLosesLease(t *testing.T) {
 	info := mustEnqueue(t, e.client, "block", nil)
 	last := mustEnqueue(t, e.client, "block", nil, queue.MaxRetries(0)) // no retry left after a lost lease
 	helper := startHelper(t, e.srv.Addr, lease, 2)
-	eventually(t, 10*time.Second, "the helper to start the tasks", func() bool {
+	testenv.Eventually(t, 10*time.Second, "the helper to start the tasks", func() bool {
 		return e.rdb.Exists(ctx, "started:"+info.ID, "started:"+last.ID).Val() == 2
 	})
 	if got := e.get(t, info.ID); got.State != queue.Active || !strings.Contains(got.Owner, "#") || time.Until(got.LeaseUntil) <= 0 {
@@ -82,7 +83,7 @@ func TestKilledConsumerLosesLease(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the killed consumer's task never ran again")
 	}
-	eventually(t, 5*time.Second, "one task done, one dead", func() bool {
+	testenv.Eventually(t, 5*time.Second, "one task done, one dead", func() bool {
 		st := e.stats(t, "default")
 		return st.Processed == 1 && st.Dead == 1
 	})
@@ -124,7 +125,7 @@ func TestLeaseLostCancelsHandler(t *testing.T) {
 		t.Fatal("handler not cancelled")
 	}
 	// The outcome was refused: the task is still active, owned by the other.
-	eventually(t, 5*time.Second, "the late outcome", func() bool { return metricValue(set, "shoal_queue_late_acks_total") == 1 })
+	testenv.Eventually(t, 5*time.Second, "the late outcome", func() bool { return metricValue(set, "shoal_queue_late_acks_total") == 1 })
 	got := e.get(t, info.ID)
 	if got.State != queue.Active || got.Owner != "another-consumer#1" {
 		t.Errorf("after a refused outcome: %+v", got)
@@ -149,7 +150,7 @@ func TestLongTaskRunsOnce(t *testing.T) {
 	e.consume(t, queue.ConsumerOptions{Lease: 600 * time.Millisecond}, mux)
 	e.consume(t, queue.ConsumerOptions{Lease: 600 * time.Millisecond}, mux)
 	mustEnqueue(t, e.client, "long", nil)
-	eventually(t, 10*time.Second, "done", func() bool { return e.stats(t, "default").Processed == 1 })
+	testenv.Eventually(t, 10*time.Second, "done", func() bool { return e.stats(t, "default").Processed == 1 })
 	if n := runs.Load(); n != 1 {
 		t.Errorf("ran %d times", n)
 	}
@@ -178,7 +179,7 @@ func TestShutdownGivesTasksBack(t *testing.T) {
 		mustEnqueue(t, e.client, "polite", nil)
 	}
 	first := <-started
-	eventually(t, 5*time.Second, "the prefetched tasks leased", func() bool { return e.stats(t, "default").Active == 6 })
+	testenv.Eventually(t, 5*time.Second, "the prefetched tasks leased", func() bool { return e.stats(t, "default").Active == 6 })
 	stop()
 	st := e.stats(t, "default")
 	if st.Processed != 1 || st.Pending != 5 || st.Active != 0 || st.Recovered != 0 {

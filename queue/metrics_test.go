@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/shoal-dev/shoal/internal/testenv"
 	"github.com/shoal-dev/shoal/queue"
 )
 
@@ -28,7 +29,7 @@ func TestMetrics(t *testing.T) {
 	}
 	mustEnqueue(t, client, "fail", nil, queue.Queue("mail"))
 	mustEnqueue(t, client, "ok", nil, queue.ProcessIn(time.Hour))
-	eventually(t, 10*time.Second, "gauges to show the retry", func() bool {
+	testenv.Eventually(t, 10*time.Second, "gauges to show the retry", func() bool {
 		return metricValue(set, `shoal_queue_tasks{queue="mail",state="retry"}`) == 1 &&
 			metricValue(set, `shoal_queue_tasks{queue="default",state="scheduled"}`) == 1
 	})

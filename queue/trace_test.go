@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal/broker"
+	"github.com/shoal-dev/shoal/internal/testenv"
 	"github.com/shoal-dev/shoal/queue"
 	"github.com/shoal-dev/shoal/wire"
 	"github.com/shoal-dev/shoal/workers"
@@ -76,7 +77,7 @@ func TestEnqueueFromWorkerCarriesTrace(t *testing.T) {
 	e.consume(t, queue.ConsumerOptions{}, qmux)
 
 	var rep *wire.Reply
-	eventually(t, 10*time.Second, "the signup service", func() bool {
+	testenv.Eventually(t, 10*time.Second, "the signup service", func() bool {
 		rctx, rcancel := context.WithTimeout(context.Background(), time.Second)
 		defer rcancel()
 		rep, err = client.Do(rctx, &wire.Request{Service: "signup", RID: "req-signup-1", Body: []byte("ann"),

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/shoal-dev/shoal/internal/testenv"
 )
 
 func names(st []Status) []string {
@@ -110,7 +112,7 @@ func TestControlAPI(t *testing.T) {
 	if _, err := h.c.Start(ctx, []string{"b"}, 0); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "b's trap", func() bool {
+	testenv.Eventually(t, 5*time.Second, "b's trap", func() bool {
 		b, _ := os.ReadFile(File(filepath.Join(h.sup.RunDir(), "log"), "b", 0, Stdout))
 		return strings.Count(string(b), "trapped\n") == 2
 	})
@@ -176,7 +178,7 @@ func TestSocketInUseAndStale(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- again.Run(ctx) }()
-	eventually(t, 5*time.Second, "the new supervisor to answer", func() bool {
+	testenv.Eventually(t, 5*time.Second, "the new supervisor to answer", func() bool {
 		_, err := NewClient(again.Socket()).Status(context.Background())
 		return err == nil
 	})
@@ -202,7 +204,7 @@ func TestClientNotRunning(t *testing.T) {
 // socket: another user (nobody) cannot connect.
 func TestControlSocketRefusesOtherUsers(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to run a client as another user")
+		testenv.Missing(t, "needs root to run a client as another user (CI runs as root)")
 	}
 	h := start(t, "programs: []\n")
 	os.Chmod(filepath.Dir(h.sup.Socket()), 0o755) // the socket's own mode must be what refuses

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal/config"
+	"github.com/shoal-dev/shoal/internal/testenv"
 )
 
 // These tests run a Supervisor in the test process with real children
@@ -77,18 +78,6 @@ func needShoal(t testing.TB) string {
 	return shoalBin
 }
 
-// requireRedis finds redis-server: under CI=true its absence fails the
-// test, elsewhere it skips it.
-func requireRedis(t *testing.T) {
-	t.Helper()
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("redis-server is not installed (CI=true: required)")
-		}
-		t.Skip("redis-server is not installed")
-	}
-}
-
 // ---- the supervisor under test ----
 
 type harness struct {
@@ -97,8 +86,8 @@ type harness struct {
 	file   string
 	sup    *Supervisor
 	c      *Client
-	tee    *syncBuffer
-	logs   *syncBuffer
+	tee    *testenv.SyncBuffer
+	logs   *testenv.SyncBuffer
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -114,7 +103,7 @@ func setup(t *testing.T, yaml string) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
-	h := &harness{t: t, dir: dir, file: filepath.Join(dir, "shoal.yaml"), tee: &syncBuffer{}, logs: &syncBuffer{}}
+	h := &harness{t: t, dir: dir, file: filepath.Join(dir, "shoal.yaml"), tee: &testenv.SyncBuffer{}, logs: &testenv.SyncBuffer{}}
 	src := fmt.Sprintf("brokers:\n  - {name: b0, clients: \"tcp://127.0.0.1:0\", workers: \"tcp://127.0.0.1:0\"}\n"+
 		"supervisor:\n  socket: %s\n  notify_brokers: false\n  fatal_retry: 1m\n", filepath.Join(sockDir, "s.sock"))
 	if strings.Contains(yaml, "supervisor:") || strings.Contains(yaml, "brokers:") {
@@ -153,7 +142,7 @@ func (h *harness) run() *harness {
 	h.cancel, h.done = cancel, make(chan error, 1)
 	go func() { h.done <- h.sup.Run(ctx) }()
 	h.t.Cleanup(func() { h.stop() })
-	eventually(h.t, 5*time.Second, "the control socket to answer", func() bool {
+	testenv.Eventually(h.t, 5*time.Second, "the control socket to answer", func() bool {
 		_, err := h.c.Status(context.Background())
 		return err == nil
 	})
@@ -225,7 +214,7 @@ func (h *harness) all() map[string]Status {
 func (h *harness) waitState(name string, state State, timeout time.Duration) Status {
 	h.t.Helper()
 	var last Status
-	eventually(h.t, timeout, fmt.Sprintf("%s to be %s", name, state), func() bool {
+	testenv.Eventually(h.t, timeout, fmt.Sprintf("%s to be %s", name, state), func() bool {
 		st, err := h.c.Status(context.Background(), name)
 		if err != nil || len(st) != 1 {
 			return false
@@ -240,7 +229,7 @@ func (h *harness) waitState(name string, state State, timeout time.Duration) Sta
 func (h *harness) waitRunning(timeout time.Duration) map[string]Status {
 	h.t.Helper()
 	var last []Status
-	eventually(h.t, timeout, "every instance to be RUNNING", func() bool {
+	testenv.Eventually(h.t, timeout, "every instance to be RUNNING", func() bool {
 		st, err := h.c.Status(context.Background())
 		if err != nil {
 			return false
@@ -260,23 +249,6 @@ func (h *harness) waitRunning(timeout time.Duration) map[string]Status {
 	return m
 }
 
-// eventually polls cond every 10ms until it holds, failing the test after
-// timeout; more, if given, adds to the failure message.
-func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool, more ...func() string) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			msg := fmt.Sprintf("timed out after %v waiting for %s", timeout, what)
-			for _, m := range more {
-				msg += "; " + m()
-			}
-			t.Fatal(msg)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // alive reports whether process pid exists (and is not a zombie).
 func alive(pid int) bool {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
@@ -293,43 +265,6 @@ func kill(t *testing.T, pid int, sig syscall.Signal) {
 	if err := syscall.Kill(pid, sig); err != nil {
 		t.Fatalf("kill %d %v: %v", pid, sig, err)
 	}
-}
-
-// freePort returns a port on 127.0.0.1 that was free a moment ago.
-func freePort(t testing.TB) int {
-	t.Helper()
-	for range 100 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := ln.Addr().(*net.TCPAddr).Port
-		ln.Close()
-		if _, dup := usedPorts.LoadOrStore(p, true); !dup {
-			return p
-		}
-	}
-	t.Fatal("no free port")
-	return 0
-}
-
-var usedPorts sync.Map // ports handed out, never twice
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 func readFile(t *testing.T, path string) string {

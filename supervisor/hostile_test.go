@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/shoal-dev/shoal/internal/testenv"
 )
 
 // Item 12: a child that floods its output cannot take the supervisor
@@ -62,7 +64,7 @@ brokers:
 		t.Errorf("stopping the flood took %v", took)
 	}
 	// Old files are removed in the background (lumberjack's mill).
-	eventually(t, 5*time.Second, "the current log file and at most 1 rotated", func() bool {
+	testenv.Eventually(t, 5*time.Second, "the current log file and at most 1 rotated", func() bool {
 		files, _ = filepath.Glob(filepath.Join(logDir, "flood.0.stdout*.log"))
 		return len(files) >= 1 && len(files) <= 2
 	}, func() string { return fmt.Sprint(files) })
@@ -107,11 +109,11 @@ func TestChildrenThatFork(t *testing.T) {
 		t.Fatal(err)
 	}
 	gc, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-	eventually(t, 2*time.Second, "the grandchild to die with its group", func() bool { return !alive(gc) })
+	testenv.Eventually(t, 2*time.Second, "the grandchild to die with its group", func() bool { return !alive(gc) })
 
 	// The escaped grandchild keeps escaper's stdout open; the supervisor
 	// does not wait for that pipe, so replacements come on time.
-	eventually(t, 10*time.Second, "escaper's third start", func() bool { return h.status("escaper:0").Restarts >= 3 })
+	testenv.Eventually(t, 10*time.Second, "escaper's third start", func() bool { return h.status("escaper:0").Restarts >= 3 })
 	for _, d := range h.sup.Gaps() {
 		if d > 500*time.Millisecond {
 			t.Errorf("a restart took %v after escaper's death", d)

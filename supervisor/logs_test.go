@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/shoal-dev/shoal/internal/testenv"
 )
 
 // Item 4: stdout and stderr go to files rotated by size with a kept
@@ -30,12 +32,12 @@ brokers:
 `)
 	logDir := filepath.Join(h.sup.RunDir(), "log")
 	errLog := File(logDir, "chatty", 0, Stderr)
-	eventually(t, 20*time.Second, "chatty to finish writing", func() bool {
+	testenv.Eventually(t, 20*time.Second, "chatty to finish writing", func() bool {
 		b, _ := os.ReadFile(errLog)
 		return string(b) == "done\n"
 	})
 	// 4 MB written, 1 MiB files, 2 kept: the current one and 2 rotated.
-	eventually(t, 5*time.Second, "rotation to keep 2 old files", func() bool {
+	testenv.Eventually(t, 5*time.Second, "rotation to keep 2 old files", func() bool {
 		files, _ := filepath.Glob(filepath.Join(logDir, "chatty.0.stdout*.log"))
 		return len(files) == 3
 	})
@@ -48,7 +50,7 @@ brokers:
 	}
 
 	tee := func() string { return h.tee.String() }
-	eventually(t, 5*time.Second, "tee lines", func() bool {
+	testenv.Eventually(t, 5*time.Second, "tee lines", func() bool {
 		return strings.Contains(tee(), "teed:0 | hello out\n") && strings.Contains(tee(), "teed:0 | hello err\n")
 	}, func() string { return "tee: " + tee() })
 	if strings.Contains(tee(), "chatty") {
@@ -71,13 +73,13 @@ brokers:
 	}
 
 	// tail -f: what the instance writes from now on.
-	follow := &syncBuffer{}
+	follow := &testenv.SyncBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
 		done <- h.c.Tail(ctx, follow, TailOptions{Names: []string{"teed"}, Lines: -1, Stream: Stdout, Follow: true})
 	}()
-	eventually(t, 5*time.Second, "the follower to subscribe", func() bool {
+	testenv.Eventually(t, 5*time.Second, "the follower to subscribe", func() bool {
 		var il *instanceLogs
 		_ = h.sup.call(context.Background(), func() { il = h.sup.progs[1].instances[0].logs })
 		il.mu.Lock()
@@ -87,7 +89,7 @@ brokers:
 	if _, err := h.c.Signal(h.ctx(), "HUP", []string{"teed"}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "the followed line", func() bool { return strings.Contains(follow.String(), "got hup\n") },
+	testenv.Eventually(t, 5*time.Second, "the followed line", func() bool { return strings.Contains(follow.String(), "got hup\n") },
 		func() string { return "followed: " + follow.String() })
 	cancel()
 	if err := <-done; err != nil {

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/shoal-dev/shoal/internal/testenv"
 )
 
 type notice struct {
@@ -78,7 +80,7 @@ programs:
 		t.Fatalf("reload: %+v, %v", res, err)
 	}
 	kill(t, s.PID, syscall.SIGKILL)
-	eventually(t, 5*time.Second, "the replacement", func() bool {
+	testenv.Eventually(t, 5*time.Second, "the replacement", func() bool {
 		n := h.status("w:0")
 		return n.PID != s.PID && n.State == Running
 	})

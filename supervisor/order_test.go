@@ -6,6 +6,9 @@ import (
 	"net/http"
 	"testing"
 	"time"
+
+	"github.com/shoal-dev/shoal/internal/queue/redistest"
+	"github.com/shoal-dev/shoal/internal/testenv"
 )
 
 // Item 2: depends_on with readiness. The chain is listed backwards in the
@@ -14,9 +17,9 @@ import (
 // zmq for the broker, broker_service for the worker, http for the
 // frontend), and stopping runs in reverse order.
 func TestDependsOnReadinessAndReverseStop(t *testing.T) {
-	requireRedis(t)
+	redistest.Binary(t)
 	needShoal(t)
-	redis, clients, workers, admin, listen := freePort(t), freePort(t), freePort(t), freePort(t), freePort(t)
+	redis, clients, workers, admin, listen := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
 	h := start(t, fmt.Sprintf(`brokers:
   - {name: b0, clients: "tcp://127.0.0.1:%[2]d", workers: "tcp://127.0.0.1:%[3]d", admin: "127.0.0.1:%[4]d"}
 broker: {heartbeat: 100ms}

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/shoal-dev/shoal/internal/testenv"
 )
 
 // Item 1: numprocs instances NAME:INDEX, each with its index in
@@ -43,7 +45,7 @@ brokers:
 		}
 		want := fmt.Sprintf("i=%d p=app arg=%d port=%d x=x%d y=from-supervisor pwd=%s\n", i, i, 9000+i, i, work)
 		file := File(filepath.Join(h.sup.RunDir(), "log"), "app", i, Stdout)
-		eventually(t, 5*time.Second, name+"'s output", func() bool {
+		testenv.Eventually(t, 5*time.Second, name+"'s output", func() bool {
 			b, _ := os.ReadFile(file)
 			return string(b) == want
 		}, func() string { b, _ := os.ReadFile(file); return fmt.Sprintf("got %q, want %q", b, want) })
@@ -60,7 +62,7 @@ func TestAutorestartPolicies(t *testing.T) {
   - {name: never, command: [/bin/sh, -c, "sleep 0.2; exit 3"], startsecs: 100ms, autorestart: never}
 `)
 	for _, name := range []string{"always:0", "onfail-bad:0"} {
-		eventually(t, 10*time.Second, name+" to be restarted twice", func() bool {
+		testenv.Eventually(t, 10*time.Second, name+" to be restarted twice", func() bool {
 			s := h.status(name)
 			return s.Restarts >= 2
 		})
@@ -118,7 +120,7 @@ brokers:
 		t.Fatalf("%d starts before FATAL, want 4 (1 + startretries 3)", n)
 	}
 	// The slow retry: FATAL is not forever.
-	eventually(t, 10*time.Second, "the fatal_retry start", func() bool { return len(starts()) >= 5 })
+	testenv.Eventually(t, 10*time.Second, "the fatal_retry start", func() bool { return len(starts()) >= 5 })
 	ts := starts()
 	d := make([]time.Duration, len(ts)-1)
 	for i := range d {
@@ -152,7 +154,7 @@ func TestFastRestartAfterStartsecs(t *testing.T) {
 		killed := time.Now()
 		kill(t, prev.PID, syscall.SIGKILL)
 		var next Status
-		eventually(t, 5*time.Second, "the replacement", func() bool {
+		testenv.Eventually(t, 5*time.Second, "the replacement", func() bool {
 			next = h.status("s:0")
 			return next.PID != prev.PID && next.PID != 0
 		})
@@ -198,7 +200,7 @@ func TestStopSignalAndStopWait(t *testing.T) {
     stopsignal: INT
 `, dir))
 	h.waitRunning(5 * time.Second)
-	eventually(t, 5*time.Second, "both traps installed", func() bool {
+	testenv.Eventually(t, 5*time.Second, "both traps installed", func() bool {
 		_, err1 := os.Stat(filepath.Join(dir, "stubborn"))
 		_, err2 := os.Stat(filepath.Join(dir, "polite"))
 		return err1 == nil && err2 == nil
@@ -242,7 +244,7 @@ func TestUser(t *testing.T) {
 	}
 	h.waitState("nobody:0", Running, 5*time.Second)
 	file := File(filepath.Join(h.sup.RunDir(), "log"), "nobody", 0, Stdout)
-	eventually(t, 5*time.Second, "id -u's output", func() bool {
+	testenv.Eventually(t, 5*time.Second, "id -u's output", func() bool {
 		b, _ := os.ReadFile(file)
 		return string(b) == "65534\n"
 	}, func() string { b, _ := os.ReadFile(file); return fmt.Sprintf("got %q", b) })
@@ -251,7 +253,7 @@ func TestUser(t *testing.T) {
 // Item 12: a missing command and a port already in use each get a clear
 // error naming the program and the cause, and start nothing.
 func TestMissingCommandAndPortInUse(t *testing.T) {
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	ln, err := listenTCP(port)
 	if err != nil {
 		t.Fatal(err)
@@ -290,7 +292,7 @@ func TestMissingCommandAndPortInUse(t *testing.T) {
 
 // Item 2: a readiness check that does not pass in time fails the start.
 func TestReadyTimeoutFailsTheStart(t *testing.T) {
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	h := start(t, fmt.Sprintf(`programs:
   - name: deaf
     command: sleep 1000

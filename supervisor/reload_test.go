@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/shoal-dev/shoal/internal/testenv"
 )
 
 const reloadHead = `brokers:
@@ -50,7 +52,7 @@ func TestReload(t *testing.T) {
 		t.Errorf("reload = %+v\nwant %+v", res, want)
 	}
 	var after map[string]Status
-	eventually(t, 10*time.Second, "the reloaded set", func() bool {
+	testenv.Eventually(t, 10*time.Second, "the reloaded set", func() bool {
 		after = h.all()
 		if len(after) != 8 {
 			return false

@@ -12,6 +12,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/shoal-dev/shoal/broker"
+	"github.com/shoal-dev/shoal/internal/testenv"
 	"github.com/shoal-dev/shoal/wire"
 	"github.com/shoal-dev/shoal/workers"
 )
@@ -40,7 +41,7 @@ func newEventStack(t *testing.T) *evStack {
 		t.Fatal(err)
 	}
 	t.Cleanup(s.client.Close)
-	eventually(t, 5*time.Second, "client link", s.client.Ready)
+	testenv.Eventually(t, 5*time.Second, "client link", s.client.Ready)
 	return s
 }
 
@@ -59,7 +60,7 @@ func run(t *testing.T, srv *workers.Server) (stop func()) {
 // waitSubscribed polls until the broker holds n subscriptions.
 func (s *evStack) waitSubscribed(t *testing.T, n int) {
 	t.Helper()
-	eventually(t, 5*time.Second, fmt.Sprintf("%d subscriptions at the broker", n), func() bool {
+	testenv.Eventually(t, 5*time.Second, fmt.Sprintf("%d subscriptions at the broker", n), func() bool {
 		st, err := s.b.Stats(context.Background())
 		return err == nil && st.Events != nil && st.Events.Subscriptions == n
 	})
@@ -131,7 +132,7 @@ func TestPublishAndSubscribe(t *testing.T) {
 	})
 	run(t, watcher)
 	s.waitSubscribed(t, 2)
-	eventually(t, 5*time.Second, "hr registered", func() bool {
+	testenv.Eventually(t, 5*time.Second, "hr registered", func() bool {
 		st, _ := s.b.Stats(context.Background())
 		return len(st.Services) == 1 && st.Services[0].Workers == 1
 	})
@@ -241,7 +242,7 @@ func TestSlowEventHandlerDrops(t *testing.T) {
 			t.Fatal(err)
 		}
 		// One at a time, so that only the slow handler falls behind.
-		eventually(t, 5*time.Second, fmt.Sprintf("fast handler got %d", i+1), func() bool { return fast.Load() == int64(i+1) })
+		testenv.Eventually(t, 5*time.Second, fmt.Sprintf("fast handler got %d", i+1), func() bool { return fast.Load() == int64(i+1) })
 	}
 	var buf bytes.Buffer
 	metric := func(name string) string {
@@ -255,7 +256,7 @@ func TestSlowEventHandlerDrops(t *testing.T) {
 		return ""
 	}
 	// The slow handler holds 1 and 4 wait: the other 45 were dropped.
-	eventually(t, 5*time.Second, "drops counted", func() bool {
+	testenv.Eventually(t, 5*time.Second, "drops counted", func() bool {
 		return metric(`shoal_worker_events_dropped_total{prefix="load"}`) == fmt.Sprint(n-1-4)
 	})
 	if got := metric(`shoal_worker_event_errors_total{prefix="load"}`); got != "1" {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal/broker"
+	"github.com/shoal-dev/shoal/internal/testenv"
 	"github.com/shoal-dev/shoal/wire"
 	"github.com/shoal-dev/shoal/workers"
 )
@@ -20,17 +21,6 @@ type stack struct {
 	clients string
 	workers string
 	client  *broker.Client
-}
-
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 func newStack(t *testing.T) *stack {
@@ -49,7 +39,7 @@ func newStack(t *testing.T) *stack {
 		t.Fatal(err)
 	}
 	t.Cleanup(s.client.Close)
-	eventually(t, 5*time.Second, "client link", s.client.Ready)
+	testenv.Eventually(t, 5*time.Second, "client link", s.client.Ready)
 	return s
 }
 
@@ -72,7 +62,7 @@ func (s *stack) serve(t *testing.T, mux *workers.ServeMux, conc int, calls bool)
 	stop = func() { once.Do(func() { cancel(); <-done }) }
 	t.Cleanup(stop)
 	want := mux.Services()
-	eventually(t, 5*time.Second, "worker registered", func() bool {
+	testenv.Eventually(t, 5*time.Second, "worker registered", func() bool {
 		st, _ := s.b.Stats(context.Background())
 		n := 0
 		for _, svc := range st.Services {
@@ -211,7 +201,7 @@ func TestDrainFinishesInFlight(t *testing.T) {
 	}
 	<-stopped
 	// Gone from the broker: new requests are refused, not lost.
-	eventually(t, 2*time.Second, "worker gone from broker", func() bool {
+	testenv.Eventually(t, 2*time.Second, "worker gone from broker", func() bool {
 		return s.do(t, "slow", "y", time.Second).Code == wire.CodeNoWorker
 	})
 }

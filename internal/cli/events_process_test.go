@@ -25,6 +25,7 @@ import (
 	"github.com/shoal-dev/shoal/broker"
 	"github.com/shoal-dev/shoal/config"
 	"github.com/shoal-dev/shoal/internal/queue/redistest"
+	"github.com/shoal-dev/shoal/internal/testenv"
 	"github.com/shoal-dev/shoal/internal/zsock"
 	"github.com/shoal-dev/shoal/wire"
 	"github.com/shoal-dev/shoal/workers"
@@ -162,10 +163,10 @@ events: {heartbeat: 200ms, client_buffer: 32, queue: 512, queue_bytes: 2MiB}
 `, ports["clients"], ports["workers"], ports["admin"], ports["in"], ports["out"], ports["listen"], ports["fadmin"])), 0o644)
 
 	br := startProc(t, cfg, "broker")
-	eventually(t, 10*time.Second, "broker healthy", func() bool { return getOK("http://" + ports["admin"] + "/healthz") })
+	testenv.Eventually(t, 10*time.Second, "broker healthy", func() bool { return getOK("http://" + ports["admin"] + "/healthz") })
 	fe := startProc(t, cfg, "frontend")
 	url := "http://" + ports["listen"]
-	eventually(t, 10*time.Second, "frontend ready", func() bool { return getOK(url + "/readyz") })
+	testenv.Eventually(t, 10*time.Second, "frontend ready", func() bool { return getOK(url + "/readyz") })
 
 	pub, err := broker.NewPublisher(broker.PublisherOptions{Endpoints: []string{"tcp://" + ports["in"]}, Heartbeat: 100 * time.Millisecond})
 	if err != nil {
@@ -175,14 +176,14 @@ events: {heartbeat: 200ms, client_buffer: 32, queue: 512, queue_bytes: 2MiB}
 	publish := func(topic string, v any) {
 		t.Helper()
 		body, _ := msgpack.Marshal(v)
-		eventually(t, 5*time.Second, "publisher link", pub.Ready)
+		testenv.Eventually(t, 5*time.Second, "publisher link", pub.Ready)
 		if err := pub.Publish(&wire.Event{Topic: topic, Body: body}); err != nil {
 			t.Fatalf("publish: %v", err)
 		}
 	}
 
 	a := openSSE(t, url+"/events?topic=news")
-	eventually(t, 5*time.Second, "news subscribed at the broker", func() bool {
+	testenv.Eventually(t, 5*time.Second, "news subscribed at the broker", func() bool {
 		return slices.Equal(brokerPrefixes(t, ports["admin"]), []string{"news"})
 	})
 	publish("news.one", map[string]any{"n": 1})
@@ -196,10 +197,10 @@ events: {heartbeat: 200ms, client_buffer: 32, queue: 512, queue_bytes: 2MiB}
 	br.cmd.Process.Kill()
 	<-br.done
 	br = startProc(t, cfg, "broker")
-	eventually(t, 10*time.Second, "news subscribed at the restarted broker", func() bool {
+	testenv.Eventually(t, 10*time.Second, "news subscribed at the restarted broker", func() bool {
 		return slices.Equal(brokerPrefixes(t, ports["admin"]), []string{"news"})
 	})
-	eventually(t, 5*time.Second, "publisher reconnected", pub.Ready)
+	testenv.Eventually(t, 5*time.Second, "publisher reconnected", pub.Ready)
 	publish("news.two", map[string]any{"n": 2})
 	if name, data := a.next(t, 5*time.Second); name != "news.two" || data != `{"n":2}` {
 		t.Fatalf("event after the broker restart %s %s", name, data)
@@ -228,7 +229,7 @@ events: {heartbeat: 200ms, client_buffer: 32, queue: 512, queue_bytes: 2MiB}
 			}
 		}
 	}()
-	eventually(t, 5*time.Second, "the frontend and the stalled subscriber on news", func() bool {
+	testenv.Eventually(t, 5*time.Second, "the frontend and the stalled subscriber on news", func() bool {
 		var st broker.Stats
 		json.Unmarshal([]byte(getBody(t, "http://"+ports["admin"]+"/stats")), &st)
 		return st.Events != nil && st.Events.Subscriptions == 2 // the frontend's and the stalled one
@@ -253,7 +254,7 @@ events: {heartbeat: 200ms, client_buffer: 32, queue: 512, queue_bytes: 2MiB}
 	for i := range total {
 		publish("news.load", map[string]any{"i": i, "pad": pad})
 		if i%20 == 19 {
-			eventually(t, 10*time.Second, "reader keeps up", func() bool { return got.Load() >= int64(i+1) })
+			testenv.Eventually(t, 10*time.Second, "reader keeps up", func() bool { return got.Load() >= int64(i+1) })
 		}
 	}
 	if err := <-readErr; err != nil {
@@ -469,13 +470,13 @@ queue: {poll: 50ms}
 `, ports["clients"], ports["workers"], ports["admin"], ports["in"], ports["out"], ports["listen"], ports["fadmin"], rs.Addr)), 0o644)
 
 	startProc(t, cfg, "broker")
-	eventually(t, 10*time.Second, "broker healthy", func() bool { return getOK("http://" + ports["admin"] + "/healthz") })
+	testenv.Eventually(t, 10*time.Second, "broker healthy", func() bool { return getOK("http://" + ports["admin"] + "/healthz") })
 	startProc(t, cfg, "frontend")
 	startProc(t, cfg, "worker", "notes")
 	startHelper(t, cfg, "sdk")
 	url := "http://" + ports["listen"]
-	eventually(t, 10*time.Second, "frontend ready", func() bool { return getOK(url + "/readyz") })
-	eventually(t, 10*time.Second, "hr, notes and the welcomer's subscription", func() bool {
+	testenv.Eventually(t, 10*time.Second, "frontend ready", func() bool { return getOK(url + "/readyz") })
+	testenv.Eventually(t, 10*time.Second, "hr, notes and the welcomer's subscription", func() bool {
 		var st broker.Stats
 		if json.Unmarshal([]byte(getBody(t, "http://"+ports["admin"]+"/stats")), &st) != nil || st.Events == nil {
 			return false
@@ -487,7 +488,7 @@ queue: {poll: 50ms}
 	// reacts with an event of its own that carries the request's id and
 	// trace; an HTTP client sees both.
 	s := openSSE(t, url+"/events?topic=employee&topic=mail")
-	eventually(t, 5*time.Second, "the stream's subscriptions", func() bool {
+	testenv.Eventually(t, 5*time.Second, "the stream's subscriptions", func() bool {
 		return slices.Equal(brokerPrefixes(t, ports["admin"]), []string{"employee", "mail"})
 	})
 	req, _ := http.NewRequest("POST", url+"/hr", strings.NewReader("Ada"))
@@ -531,7 +532,7 @@ queue: {poll: 50ms}
 		t.Fatalf("POST /notes: %d %+v", resp.StatusCode, accepted)
 	}
 	task := openSSE(t, url+"/events?topic=task."+accepted.TaskID)
-	eventually(t, 5*time.Second, "the task stream's subscription", func() bool {
+	testenv.Eventually(t, 5*time.Second, "the task stream's subscription", func() bool {
 		return slices.Contains(brokerPrefixes(t, ports["admin"]), "task."+accepted.TaskID)
 	})
 	startProc(t, cfg, "consumer", "notes", "-data", filepath.Join(dir, "notes"))

@@ -18,6 +18,7 @@ import (
 	"github.com/shoal-dev/shoal/config"
 	"github.com/shoal-dev/shoal/frontend"
 	"github.com/shoal-dev/shoal/internal/queue/redistest"
+	"github.com/shoal-dev/shoal/internal/testenv"
 	"github.com/shoal-dev/shoal/queue"
 	"github.com/shoal-dev/shoal/workers"
 	"github.com/shoal-dev/shoal/workers/example"
@@ -87,17 +88,6 @@ func (s *sse) next(t *testing.T, timeout time.Duration) (name, data string) {
 		t.Fatalf("reading the stream: %v", err)
 	}
 	return name, data
-}
-
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // Item 5: a client that got 202 and a task id watches
@@ -172,7 +162,7 @@ frontend:
 		fe.Shutdown(sctx)
 	}()
 	url := "http://" + ln.Addr().String()
-	eventually(t, 5*time.Second, "notes worker registered", func() bool {
+	testenv.Eventually(t, 5*time.Second, "notes worker registered", func() bool {
 		st, _ := b.Stats(context.Background())
 		return len(st.Services) == 1 && st.Services[0].Workers == 1
 	})
@@ -198,7 +188,7 @@ frontend:
 
 	done := openSSE(t, url+"/events?topic=task."+accepted.TaskID)
 	dead := openSSE(t, url+"/events?topic=task."+failing.ID)
-	eventually(t, 5*time.Second, "both streams subscribed at the broker", func() bool {
+	testenv.Eventually(t, 5*time.Second, "both streams subscribed at the broker", func() bool {
 		st, _ := b.Stats(context.Background())
 		return st.Events != nil && slices.Equal(st.Events.Prefixes, []string{"task." + failing.ID, "task." + accepted.TaskID}) ||
 			st.Events != nil && slices.Equal(st.Events.Prefixes, []string{"task." + accepted.TaskID, "task." + failing.ID})

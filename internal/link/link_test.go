@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-dev/shoal/internal/testenv"
 	"github.com/shoal-dev/shoal/internal/zsock"
 	"github.com/shoal-dev/shoal/wire"
 )
@@ -65,15 +66,6 @@ func (b *fakeBroker) next(within time.Duration) (id []byte, m wire.Message) {
 	}
 }
 
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(within); !cond(); time.Sleep(2 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, within)
-		}
-	}
-}
-
 // OnUp's READY reaches the broker before any batched envelope: Send stays
 // closed while OnUp runs. Envelopes queued together leave in order,
 // several per message.
@@ -96,7 +88,7 @@ func TestReadyFirstThenBatchesInOrder(t *testing.T) {
 		t.Fatal("Send open while OnUp runs: an envelope could overtake READY")
 	}
 	close(release)
-	eventually(t, 5*time.Second, "Send to open after OnUp", func() bool { return l.Send([]byte("0")) })
+	testenv.Eventually(t, 5*time.Second, "Send to open after OnUp", func() bool { return l.Send([]byte("0")) })
 	const n = 500
 	for i := 1; i < n; i++ {
 		if !l.Send([]byte(strconv.Itoa(i))) {
@@ -160,7 +152,7 @@ func TestSilentBrokerIsDroppedAndRedialed(t *testing.T) {
 		}
 	}
 	took := time.Since(start)
-	eventually(t, time.Second, "OnDown", func() bool { return downs.Load() >= 1 })
+	testenv.Eventually(t, time.Second, "OnDown", func() bool { return downs.Load() >= 1 })
 	if took < 3*hb {
 		t.Errorf("redialed after %v: before liveness (3 × %v) ran out", took, hb)
 	}
@@ -197,7 +189,7 @@ func TestSendRefusedWhileDownAndReconnects(t *testing.T) {
 
 	for round := range 2 {
 		b := listenBroker(t, "tcp://"+addr)
-		eventually(t, 5*time.Second, fmt.Sprintf("connect %d", round+1), l.Up)
+		testenv.Eventually(t, 5*time.Second, fmt.Sprintf("connect %d", round+1), l.Up)
 		if !l.Send([]byte("hello")) {
 			t.Fatal("Send refused while up")
 		}
@@ -207,7 +199,7 @@ func TestSendRefusedWhileDownAndReconnects(t *testing.T) {
 		b.sock.Close()
 		// A redial can still reach the closing broker and be closed by it
 		// an instant later: wait for a quiet "down".
-		eventually(t, 5*time.Second, "link down after the broker closed", func() bool {
+		testenv.Eventually(t, 5*time.Second, "link down after the broker closed", func() bool {
 			mu.Lock()
 			defer mu.Unlock()
 			return len(events) > 0 && events[len(events)-1] == "down" && !l.Up()
@@ -270,7 +262,7 @@ func TestHandleSkipsHeartbeatsAndMalformed(t *testing.T) {
 func TestCloseFlushesQueue(t *testing.T) {
 	b := listenBroker(t, "tcp://127.0.0.1:0")
 	l := Start(Options{Endpoint: b.endpoint()})
-	eventually(t, 5*time.Second, "link up", l.Up)
+	testenv.Eventually(t, 5*time.Second, "link up", l.Up)
 	const n = 200
 	for i := range n {
 		l.Send([]byte(strconv.Itoa(i)))

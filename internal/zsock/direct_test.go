@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/shoal-dev/shoal/internal/testenv"
 )
 
 // Tests of the direct send path: ROUTER listeners and DEALER dialers frame
@@ -427,7 +429,7 @@ func goroutinesCreated(t *testing.T) uint64 {
 	s := []metrics.Sample{{Name: "/sched/goroutines-created:goroutines"}}
 	metrics.Read(s)
 	if s[0].Value.Kind() != metrics.KindUint64 {
-		t.Skip("runtime/metrics has no /sched/goroutines-created")
+		testenv.Missing(t, "runtime/metrics has no /sched/goroutines-created")
 	}
 	return s[0].Value.Uint64()
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-dev/shoal/internal/testenv"
 	"github.com/shoal-dev/shoal/supervisor"
 )
 
@@ -25,7 +26,7 @@ func TestCtlCommandLine(t *testing.T) {
   - {name: broken, command: /bin/false, startretries: 0}
 `)
 	s.start()
-	eventually(t, 10*time.Second, "web and job to run, broken to be FATAL", func() bool {
+	testenv.Eventually(t, 10*time.Second, "web and job to run, broken to be FATAL", func() bool {
 		st, err := s.c.Status(context.Background())
 		if err != nil || len(st) != 4 {
 			return false
@@ -69,14 +70,14 @@ func TestCtlCommandLine(t *testing.T) {
 		t.Errorf("start broken: exit %d\n%s", code, out)
 	}
 	// "web up" comes after the trap: HUP before it would kill the shell.
-	eventually(t, 5*time.Second, "web's first line", func() bool {
+	testenv.Eventually(t, 5*time.Second, "web's first line", func() bool {
 		out, _ := s.ctl("tail", "-n", "1", "--stdout", "web")
 		return out == "web up\n"
 	})
 	if out, code = s.ctl("signal", "HUP", "web"); code != 0 {
 		t.Errorf("signal HUP web: exit %d\n%s", code, out)
 	}
-	eventually(t, 5*time.Second, "web's HUP line", func() bool {
+	testenv.Eventually(t, 5*time.Second, "web's HUP line", func() bool {
 		out, _ := s.ctl("tail", "-n", "1", "--stdout", "web")
 		return out == "hup\n"
 	})
@@ -85,13 +86,13 @@ func TestCtlCommandLine(t *testing.T) {
 	}
 	// tail -f follows until interrupted.
 	f := exec.Command(shoalBin, "ctl", "tail", "-f", "-n", "0", "web", "-c", s.file)
-	fout := &syncBuffer{}
+	fout := &testenv.SyncBuffer{}
 	f.Stdout = fout
 	if err := f.Start(); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(200 * time.Millisecond) // the follower subscribes; the HUPs below repeat until seen
-	eventually(t, 5*time.Second, "tail -f to show new output", func() bool {
+	testenv.Eventually(t, 5*time.Second, "tail -f to show new output", func() bool {
 		s.ctl("signal", "HUP", "web")
 		time.Sleep(50 * time.Millisecond)
 		return strings.Contains(fout.String(), "hup")
@@ -123,7 +124,7 @@ func TestCtlCommandLine(t *testing.T) {
 	grown := strings.Replace(string(good), "numprocs: 2", "numprocs: 3", 1)
 	os.WriteFile(s.file, []byte(grown), 0o644)
 	s.cmd.Process.Signal(syscall.SIGHUP)
-	eventually(t, 5*time.Second, "job:2 after SIGHUP", func() bool {
+	testenv.Eventually(t, 5*time.Second, "job:2 after SIGHUP", func() bool {
 		st, err := s.c.Status(context.Background(), "job:2")
 		return err == nil && len(st) == 1 && st[0].State == supervisor.Running
 	})

@@ -18,7 +18,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -30,6 +29,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-dev/shoal/internal/testenv"
 	"github.com/shoal-dev/shoal/supervisor"
 )
 
@@ -70,50 +70,6 @@ func run(m *testing.M) int {
 		return 1
 	}
 	return m.Run()
-}
-
-func requireRedis(t *testing.T) {
-	t.Helper()
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("redis-server is not installed (CI=true: required)")
-		}
-		t.Skip("redis-server is not installed")
-	}
-}
-
-func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool, more ...func() string) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			msg := fmt.Sprintf("timed out after %v waiting for %s", timeout, what)
-			for _, m := range more {
-				msg += "; " + m()
-			}
-			t.Fatal(msg)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-var usedPorts sync.Map
-
-func freePort(t testing.TB) int {
-	t.Helper()
-	for range 100 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := ln.Addr().(*net.TCPAddr).Port
-		ln.Close()
-		if _, dup := usedPorts.LoadOrStore(p, true); !dup {
-			return p
-		}
-	}
-	t.Fatal("no free port")
-	return 0
 }
 
 // ---- a stack under a supervisor process ----
@@ -185,7 +141,7 @@ func newStack(t testing.TB, programs string) *stack {
 	}
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
 	s := &stack{t: t, dir: dir, file: filepath.Join(dir, "shoal.yaml"), socket: filepath.Join(sockDir, "s.sock"),
-		p: ports{freePort(t), freePort(t), freePort(t), freePort(t), freePort(t)}}
+		p: ports{testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)}}
 	s.c = supervisor.NewClient(s.socket)
 	s.writeConfig(brokerHead + programs)
 	return s
@@ -231,7 +187,7 @@ func (s *stack) start(extraEnv ...string) {
 		}
 		s.checkNoLeftovers()
 	})
-	eventually(s.t, 10*time.Second, "the supervisor's control socket", func() bool {
+	testenv.Eventually(s.t, 10*time.Second, "the supervisor's control socket", func() bool {
 		select {
 		case <-s.exited:
 			s.t.Fatalf("the supervisor exited: %v\n%s", s.cmd.ProcessState, s.tail(50))
@@ -277,7 +233,7 @@ func (s *stack) tail(n int) string {
 func (s *stack) waitRunning(timeout time.Duration) map[string]supervisor.Status {
 	s.t.Helper()
 	var last []supervisor.Status
-	eventually(s.t, timeout, "every program to be RUNNING", func() bool {
+	testenv.Eventually(s.t, timeout, "every program to be RUNNING", func() bool {
 		st, err := s.c.Status(context.Background())
 		if err != nil {
 			return false
@@ -367,7 +323,7 @@ func marked(dir string) []string {
 func (s *stack) checkNoLeftovers() {
 	s.t.Helper()
 	var left []string
-	eventually(s.t, 10*time.Second, "no process of the stack to remain", func() bool {
+	testenv.Eventually(s.t, 10*time.Second, "no process of the stack to remain", func() bool {
 		left = marked(s.dir)
 		return len(left) == 0
 	}, func() string { return strings.Join(left, "\n") })
@@ -451,21 +407,4 @@ func lines(r io.Reader) chan string {
 		close(ch)
 	}()
 	return ch
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/shoal-dev/shoal/internal/testenv"
 )
 
 // lossyProxy forwards TCP connections to target. While silent is set, a
@@ -140,7 +142,7 @@ programs:
 			}()
 		}
 		holding := 0
-		eventually(t, 5*time.Second, "the frozen worker to hold requests", func() bool {
+		testenv.Eventually(t, 5*time.Second, "the frozen worker to hold requests", func() bool {
 			bs, err := s.brokerStats()
 			if err != nil {
 				return false

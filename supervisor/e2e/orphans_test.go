@@ -6,6 +6,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/shoal-dev/shoal/internal/queue/redistest"
 )
 
 // Item 9: every child runs in its own process group and dies with the
@@ -13,7 +15,7 @@ import (
 // no process behind; so does kill -9 of the supervisor (the children's
 // parent-death signal).
 func TestNoOrphans(t *testing.T) {
-	requireRedis(t)
+	redistest.Binary(t)
 	for _, tc := range []struct {
 		name string
 		sig  syscall.Signal

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-dev/shoal/internal/queue/redistest"
+	"github.com/shoal-dev/shoal/internal/testenv"
 	"github.com/shoal-dev/shoal/supervisor"
 )
 
@@ -23,7 +25,7 @@ import (
 // on Ctrl-C stops everything; it writes nothing outside the run dir it
 // names.
 func TestMakeRunScript(t *testing.T) {
-	requireRedis(t)
+	redistest.Binary(t)
 	s := newStack(t, "")
 	// The default socket, under the run dir, as make run has it.
 	s.writeConfig(strings.Replace(brokerHead, "socket: {{Socket}}", `socket: ""`, 1) + standardPrograms)
@@ -38,7 +40,7 @@ func TestMakeRunScript(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stderr := &syncBuffer{}
+	stderr := &testenv.SyncBuffer{}
 	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -24,6 +24,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/shoal-dev/shoal/internal/testenv"
 )
 
 // Args are the redis-server arguments Shoal runs Redis with: AOF on,
@@ -64,10 +66,7 @@ func Binary(t testing.TB) string {
 	}
 	path, err := exec.LookPath(bin)
 	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("redis-server is required under CI=true: %v (apt-get install redis-server)", err)
-		}
-		t.Skipf("skipping: no redis-server (%v); apt-get install redis-server", err)
+		testenv.Missing(t, fmt.Sprintf("no redis-server (%v); apt-get install redis-server", err))
 		return ""
 	}
 	return path
@@ -80,10 +79,7 @@ func Start(t testing.TB, extra ...string) *Server {
 	s := &Server{bin: Binary(t), Dir: t.TempDir(), Extra: extra}
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {
-		s.Port, err = freePort()
-		if err != nil {
-			t.Fatal(err)
-		}
+		s.Port = testenv.FreePort(t)
 		s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.Port))
 		if err = s.start(); err == nil {
 			break
@@ -94,15 +90,6 @@ func Start(t testing.TB, extra ...string) *Server {
 	}
 	t.Cleanup(s.Kill)
 	return s
-}
-
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("cannot find a free port: %w", err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
 // start runs the process and waits for PING; on failure it returns the
